@@ -1,0 +1,147 @@
+"""Box geometry for SSD: matching ground truths to priors, and the offset encoding.
+
+Conventions (see the project contract):
+
+* priors are centre form ``(cx, cy, w, h)`` normalised to the network input, shape ``(P, 4)``;
+* ground-truth and decoded boxes are corner form ``(x1, y1, x2, y2)`` in the same
+  normalised coordinates;
+* label 0 is background, object classes are ``1..C-1``.
+
+The encoding is SSD's centre-size offset with variances ``(v0, v1)``::
+
+    t_xy = (g_xy - p_xy) / (v0 * p_wh)        t_wh = log(g_wh / p_wh) / v1
+
+and :func:`decode` is its exact inverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_convert, box_iou
+
+__all__ = ["DEFAULT_VARIANCES", "encode", "decode", "match"]
+
+#: SSD's variances for the centre offsets and the log size ratios.
+DEFAULT_VARIANCES: tuple[float, float] = (0.1, 0.2)
+
+
+def encode(
+    boxes_xyxy: Tensor, priors: Tensor, variances: tuple[float, float] = DEFAULT_VARIANCES
+) -> Tensor:
+    """Encode corner-form boxes as offsets from their priors.
+
+    Args:
+        boxes_xyxy: ``(..., P, 4)`` boxes, normalised xyxy, one per prior. Widths and
+            heights must be positive (the size term takes a logarithm).
+        priors: ``(P, 4)`` priors, centre form.
+        variances: ``(v0, v1)`` scaling of the centre and size terms.
+
+    Returns:
+        ``(..., P, 4)`` regression targets ``(t_cx, t_cy, t_w, t_h)``.
+    """
+    centre = box_convert(boxes_xyxy, "xyxy", "cxcywh")
+    p_xy, p_wh = priors[..., :2], priors[..., 2:]
+    t_xy = (centre[..., :2] - p_xy) / (variances[0] * p_wh)
+    t_wh = torch.log(centre[..., 2:] / p_wh) / variances[1]
+    return torch.cat([t_xy, t_wh], dim=-1)
+
+
+def decode(
+    locs: Tensor, priors: Tensor, variances: tuple[float, float] = DEFAULT_VARIANCES
+) -> Tensor:
+    """Turn predicted offsets back into boxes: the inverse of :func:`encode`.
+
+    Args:
+        locs: ``(..., P, 4)`` offsets ``(t_cx, t_cy, t_w, t_h)``.
+        priors: ``(P, 4)`` priors, centre form.
+        variances: ``(v0, v1)`` as used by :func:`encode`.
+
+    Returns:
+        ``(..., P, 4)`` boxes, normalised xyxy (not clipped to the image).
+    """
+    p_xy, p_wh = priors[..., :2], priors[..., 2:]
+    xy = locs[..., :2] * (variances[0] * p_wh) + p_xy
+    half_wh = 0.5 * torch.exp(locs[..., 2:] * variances[1]) * p_wh
+    return torch.cat([xy - half_wh, xy + half_wh], dim=-1)
+
+
+def match(
+    gt_boxes: Sequence[Tensor],
+    gt_labels: Sequence[Tensor],
+    priors: Tensor,
+    iou_threshold: float = 0.5,
+    variances: tuple[float, float] = DEFAULT_VARIANCES,
+) -> tuple[Tensor, Tensor]:
+    """Assign every prior of every image a ground truth (or background) and encode it.
+
+    The rule is SSD's, as the original code base applies it:
+
+    1. each prior takes the ground truth it overlaps most; it is positive when that IoU
+       is at least ``iou_threshold``;
+    2. each ground truth is then forced onto the prior that overlaps it most, whatever
+       the IoU and even if that prior preferred another ground truth. When two ground
+       truths share a best prior, the later one (higher index) keeps it, as the
+       original's sequential loop leaves it.
+
+    The whole batch is done at once: one IoU call over the concatenated ground truths,
+    then padded ``(N, Kmax, P)`` tensors. Images without objects get all-background
+    labels and zero regression targets.
+
+    Args:
+        gt_boxes: ``N`` tensors ``(K_i, 4)``, normalised xyxy (``K_i`` may be 0).
+        gt_labels: ``N`` tensors ``(K_i,)`` int64, 1-based class labels.
+        priors: ``(P, 4)`` priors, centre form.
+        iou_threshold: minimum IoU for a positive prior.
+        variances: encoding variances, see :func:`encode`.
+
+    Returns:
+        ``loc_targets (N, P, 4)`` float and ``labels (N, P)`` int64 (0 = background).
+    """
+    if len(gt_boxes) != len(gt_labels):
+        raise ValueError(f"match: {len(gt_boxes)} box tensors but {len(gt_labels)} label tensors")
+    device, dtype = priors.device, priors.dtype
+    n_images, n_priors = len(gt_boxes), priors.shape[0]
+    counts = torch.tensor([int(b.shape[0]) for b in gt_boxes], dtype=torch.long)
+    k_max = int(counts.max()) if n_images else 0
+    loc_targets = torch.zeros((n_images, n_priors, 4), dtype=dtype, device=device)
+    labels = torch.zeros((n_images, n_priors), dtype=torch.long, device=device)
+    if k_max == 0:
+        return loc_targets, labels
+
+    counts = counts.to(device)
+    all_boxes = torch.cat([b.reshape(-1, 4) for b in gt_boxes]).to(device=device, dtype=dtype)
+    all_labels = torch.cat([lab.reshape(-1) for lab in gt_labels]).to(device=device, dtype=torch.long)
+    image_of = torch.repeat_interleave(torch.arange(n_images, device=device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    slot_of = torch.arange(all_boxes.shape[0], device=device) - starts[image_of]
+
+    priors_xyxy = box_convert(priors, "cxcywh", "xyxy")
+    # Padded slots get IoU -1: never a prior's best target, never a forced match.
+    ious = torch.full((n_images, k_max, n_priors), -1.0, dtype=dtype, device=device)
+    gt_ious = box_iou(all_boxes, priors_xyxy)  # (sumK, P)
+    ious[image_of, slot_of] = gt_ious
+    padded_boxes = torch.zeros((n_images, k_max, 4), dtype=dtype, device=device)
+    padded_boxes[image_of, slot_of] = all_boxes
+    padded_labels = torch.zeros((n_images, k_max), dtype=torch.long, device=device)
+    padded_labels[image_of, slot_of] = all_labels
+
+    best_iou, best_target = ious.max(dim=1)  # (N, P): best ground truth of each prior
+    best_prior = gt_ious.argmax(dim=1)  # (sumK,): best prior of each gt
+    # Force each gt onto its best prior; ties between gts go to the highest slot.
+    flat = image_of * n_priors + best_prior
+    forced = torch.full((n_images * n_priors,), -1, dtype=torch.long, device=device)
+    forced.scatter_reduce_(0, flat, slot_of, reduce="amax")
+    forced = forced.view(n_images, n_priors)
+    is_forced = forced >= 0
+    best_target = torch.where(is_forced, forced, best_target)
+    best_iou = best_iou.masked_fill(is_forced, 2.0)
+
+    labels = torch.gather(padded_labels, 1, best_target)
+    labels = labels.masked_fill(best_iou < iou_threshold, 0)
+    matched = torch.gather(padded_boxes, 1, best_target.unsqueeze(-1).expand(-1, -1, 4))
+    has_objects = (counts > 0).view(-1, 1, 1)
+    loc_targets = torch.where(has_objects, encode(matched, priors, variances), loc_targets)
+    return loc_targets, labels

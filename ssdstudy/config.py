@@ -1,0 +1,328 @@
+"""Typed, validated run configuration, loaded from the YAML files in ``parameters/``.
+
+A run is fully described by a :class:`RunConfig`. It is built in layers: the
+dataclass defaults, then a profile (``parameters/profiles/<name>.yaml``), then the
+overrides of one run of an experiment (``parameters/experiments/<name>.yaml``).
+Every layer is validated when it is read: an unknown key or a value of the wrong
+type is a :class:`~ssdstudy.errors.ConfigError` naming the file and the dotted key.
+
+The run id is a short hash of the resolved configuration, leaving out the fields
+that do not change what a run computes (data-loader workers, progress bars), so that
+experiments that ask for the same run share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ssdstudy.errors import ConfigError
+
+STUDY_BACKBONES = ("vgg16", "mobilenet_v1")
+
+
+@dataclass
+class SynthConfig:
+    """The generated default dataset, written when ``data.root`` does not exist yet."""
+
+    train: int = 2000
+    test: int = 500
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synth"
+    train_split: str = "trainval"
+    test_split: str = "test"
+    years: list[str] | None = None
+    keep_difficult: bool = False
+    on_error: Literal["raise", "skip"] = "raise"
+    #: Write the generated dataset at ``root`` if it is missing (null: never).
+    synth: SynthConfig | None = field(default_factory=SynthConfig)
+    #: Use only the first N training / test images (null: all of them).
+    max_train_images: int | None = None
+    max_test_images: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mobilenet_v1"
+    width: float = 1.0
+    image_size: int = 300
+    #: A base-network or full checkpoint to start from (null: from scratch).
+    pretrained: str | None = None
+
+    def validate(self, where: str) -> None:
+        if not 0.0 < self.width <= 1.0:
+            raise ConfigError(f"{where}: model.width must be in (0, 1], got {self.width}")
+        if self.backbone != "mobilenet_v1" and self.width != 1.0:
+            raise ConfigError(f"{where}: model.width applies to mobilenet_v1 only, got backbone {self.backbone!r}")
+        if self.image_size < 96:
+            raise ConfigError(f"{where}: model.image_size must be at least 96, got {self.image_size}")
+
+
+@dataclass
+class AugmentSettings:
+    """Which steps of the SSD augmentation run (``enabled: false`` turns all off)."""
+
+    enabled: bool = True
+    photometric: bool = True
+    expand: bool = True
+    crop: bool = True
+    mirror: bool = True
+
+
+@dataclass
+class LossConfig:
+    #: Negatives per positive in hard-negative mining; null uses every negative.
+    neg_pos_ratio: float | None = 3.0
+    iou_threshold: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: Literal["multistep", "cosine", "constant"] = "cosine"
+    milestones: list[int] = field(default_factory=lambda: [80, 100])
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    #: Validation mAP every N epochs (0: only at the end).
+    eval_every: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    workers: int = 0
+
+    def validate(self, where: str) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}: train.{name} must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError(f"{where}: train.lr must be positive")
+
+
+@dataclass
+class EvalConfig:
+    score_threshold: float = 0.01
+    nms_iou: float = 0.45
+    top_k: int = 200
+
+
+@dataclass
+class TimingConfig:
+    images: int = 50
+    warmup: int = 5
+    throughput_batch: int = 8
+    #: Devices to time on ("cpu", "cuda", "mps"); those absent are skipped.
+    devices: list[str] = field(default_factory=lambda: ["cpu", "cuda", "mps"])
+    #: CPU thread counts to time with (null: the process default).
+    cpu_threads: list[int] | None = None
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+
+    def validate(self, where: str = "<config>") -> "RunConfig":
+        self.model.validate(where)
+        self.train.validate(where)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self)
+
+
+#: Fields that do not change what a run computes; left out of the run id.
+_NOT_IDENTITY = {("train", "workers"), ("train", "device"), ("train", "threads"), ("timing",)}
+
+
+def run_id(config: RunConfig) -> str:
+    """A 12-hex-digit id: the SHA-256 of the identity fields of ``config``."""
+    data = config.to_dict()
+    for path in _NOT_IDENTITY:
+        node = data
+        for key in path[:-1]:
+            node = node[key]
+        node.pop(path[-1], None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# --- building dataclasses from plain data, with errors that name the key ------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (ints to floats...)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{where}: {key} must not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key, where)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, prefix=f"{key}.")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        return str(value)
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported annotation {_type_name(tp)} for {key}")  # pragma: no cover
+
+
+def from_dict(cls: type, data: Any, where: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {prefix}{unknown[0]} (allowed: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k, where) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base`` (mappings merge, the rest replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such parameter file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the file must hold a mapping at the top level")
+    return data
+
+
+def build_config(*layers: tuple[str, dict[str, Any]]) -> RunConfig:
+    """Merge ``(source name, mapping)`` layers over the defaults, validating each one."""
+    merged: dict[str, Any] = {}
+    for where, layer in layers:
+        from_dict(RunConfig, layer, where)  # names the file of an unknown key or bad type
+        merged = merge(merged, layer)
+    where = layers[-1][0] if layers else "<defaults>"
+    return from_dict(RunConfig, merged, where).validate(where)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """A run parameter file: a full or partial RunConfig mapping, optionally with
+    ``profile: NAME`` naming the profile it builds on."""
+    path = Path(path)
+    data = read_yaml(path)
+    layers = []
+    profile = data.pop("profile", None)
+    if profile is not None:
+        layers.append(profile_layer(profile))
+    layers.append((str(path), data))
+    return build_config(*layers)
+
+
+# --- profiles ---------------------------------------------------------------------
+
+PARAMETERS = Path(__file__).resolve().parent.parent / "parameters"
+
+
+@dataclass
+class ProfileInfo:
+    name: str = ""
+    description: str = ""
+    dataset: str = ""
+
+
+def profile_path(name: str) -> Path:
+    return PARAMETERS / "profiles" / f"{name}.yaml"
+
+
+def profile_layer(name: str) -> tuple[str, dict[str, Any]]:
+    path = profile_path(name)
+    if not path.is_file():
+        known = sorted(p.stem for p in (PARAMETERS / "profiles").glob("*.yaml"))
+        raise ConfigError(f"{path}: unknown profile {name!r} (known: {', '.join(known)})")
+    data = read_yaml(path)
+    from_dict(ProfileInfo, data.pop("profile", {}), str(path), prefix="profile.")
+    return str(path), data
+
+
+def load_profile(name: str) -> RunConfig:
+    return build_config(profile_layer(name))

@@ -1,0 +1,85 @@
+"""Where a run's files live, and how they are written so that nothing is half-written.
+
+``results/<profile>/runs/<run id>/`` holds, for one run:
+
+=====================  ==========================================================
+``config.yaml``        the resolved parameters (:class:`~ssdstudy.config.RunConfig`)
+``history.csv``        one row per epoch: losses, learning rate, epoch time, speed
+``checkpoint.pt``      the last finished epoch (model, optimiser, scheduler, RNG)
+``metrics.json``       accuracy on the test split (:func:`ssdstudy.evaluate.evaluate`)
+``timing.json``        inference and prediction times per device
+``provenance.json``    code version, software versions, machine, seed, wall time
+``run.ipynb``          the executed run notebook (written by the study runner)
+=====================  ==========================================================
+
+A run is complete when ``metrics.json``, ``timing.json`` and ``provenance.json`` exist.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ssdstudy.config import RunConfig, build_config
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def timing(self) -> Path:
+        return self.root / "timing.json"
+
+    @property
+    def provenance(self) -> Path:
+        return self.root / "provenance.json"
+
+    @property
+    def notebook(self) -> Path:
+        return self.root / "run.ipynb"
+
+    def complete(self) -> bool:
+        return all(p.is_file() for p in (self.metrics, self.timing, self.provenance))
+
+
+def run_dir(profile: str, config: RunConfig, results: Path | None = None) -> RunPaths:
+    return RunPaths((results or RESULTS) / profile / "runs" / config.run_id)
+
+
+def write_config(path: Path, config: RunConfig) -> None:
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def read_config(path: Path) -> RunConfig:
+    data = yaml.safe_load(Path(path).read_text())
+    return build_config((str(path), data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,284 @@
+"""Training: SGD with momentum, warm-up and a multi-step or cosine schedule, checkpoints
+every epoch, a per-epoch history, and resumption that reaches the same result as an
+uninterrupted run.
+
+Reproducibility: every epoch re-seeds the global RNGs and the data-loader generator
+from ``(seed, epoch)``, so epoch ``k`` sees the same shuffling and augmentation whether
+it follows epoch ``k - 1`` in the same process or a resumed one. On the CPU the same
+seed gives the same run; on a GPU non-deterministic kernels may differ slightly.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ssdstudy.augment import AugmentConfig, build_transform
+from ssdstudy.boxes import match
+from ssdstudy.config import RunConfig
+from ssdstudy.data import DetectionDataset, collate
+from ssdstudy.errors import UserError
+from ssdstudy.loss import MultiBoxLoss
+from ssdstudy.model import build_model, load_weights
+from ssdstudy.runs import RunPaths, write_config
+from ssdstudy.workspace import Workspace, resolve_device
+
+HISTORY_FIELDS = (
+    "epoch", "loss", "loc_loss", "cls_loss", "lr", "epoch_seconds", "images_per_s", "val_voc07_map",
+)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def _worker_init(worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def lr_factor(config: RunConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning-rate multiplier after ``step`` optimiser steps (warm-up included)."""
+    t = config.train
+    epoch = step / steps_per_epoch
+    if t.warmup_epochs > 0 and epoch < t.warmup_epochs:
+        return (step + 1) / (t.warmup_epochs * steps_per_epoch)
+    if t.scheduler == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch / t.epochs, 1.0)))
+    if t.scheduler == "multistep":
+        return t.gamma ** sum(epoch >= m for m in t.milestones)
+    return 1.0
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    loc_loss: float
+    cls_loss: float
+    lr: float
+    epoch_seconds: float
+    images_per_s: float
+    val_voc07_map: float | None = None
+
+
+class Trainer:
+    """Trains the model of one run in ``paths.root``; :meth:`fit` resumes if asked."""
+
+    def __init__(self, config: RunConfig, paths: RunPaths, *, progress: bool = True):
+        self.config = config
+        self.paths = paths
+        self.progress = progress
+        self.device = resolve_device(config.train.device)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        self.workspace = Workspace(config)
+        seed_everything(config.train.seed)
+        self.model = build_model(
+            config.model.backbone,
+            num_classes=len(self.workspace.class_names) + 1,
+            width=config.model.width,
+            image_size=config.model.image_size,
+        )
+        if config.model.pretrained:
+            load_weights(self.model, config.model.pretrained)
+        self.model.to(self.device)
+        self.transform = build_transform(
+            True, config.model.image_size, self.model.mean, self.model.std,
+            AugmentConfig(**asdict(config.augment)),
+        )
+        self.dataset = DetectionDataset(self.workspace.train_records, self.transform)
+        t = config.train
+        if len(self.dataset) < t.batch_size:
+            raise UserError(
+                f"{config.data.root}: {len(self.dataset)} training images, fewer than train.batch_size={t.batch_size}"
+            )
+        self.steps_per_epoch = len(self.dataset) // t.batch_size
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch)
+        )
+        self.criterion = MultiBoxLoss(neg_pos_ratio=config.loss.neg_pos_ratio)
+        self.epoch = 0  # epochs finished
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "format": "ssdstudy-checkpoint-1",
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "config": self.config.to_dict(),
+            "run_id": self.config.run_id,
+            "class_names": list(self.workspace.class_names),
+            "backbone": self.config.model.backbone,
+            "width": self.config.model.width,
+            "image_size": self.config.model.image_size,
+        }
+
+    def save(self) -> None:
+        tmp = self.paths.checkpoint.with_name(self.paths.checkpoint.name + ".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, self.paths.checkpoint)
+
+    def restore(self) -> bool:
+        """Load the last checkpoint of this run, if there is one; True when loaded."""
+        if not self.paths.checkpoint.is_file():
+            return False
+        state = torch.load(self.paths.checkpoint, map_location=self.device, weights_only=False)
+        if state.get("run_id") != self.config.run_id:
+            raise UserError(
+                f"{self.paths.checkpoint}: checkpoint of run {state.get('run_id')}, not of {self.config.run_id}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.epoch = int(state["epoch"])
+        _truncate_history(self.paths.history, self.epoch)
+        return True
+
+    # -- the loop ------------------------------------------------------------------------
+    def loader(self, epoch: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(_epoch_seed(self.config.train.seed, epoch))
+        workers = self.config.train.workers
+        return DataLoader(
+            self.dataset,
+            batch_size=self.config.train.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collate,
+            num_workers=workers,
+            worker_init_fn=_worker_init if workers else None,
+            generator=generator,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        size = float(self.config.model.image_size)
+        priors = self.model.priors
+        for images, targets in self.loader(epoch):
+            boxes = [torch.as_tensor(t["boxes"], dtype=torch.float32) / size for t in targets]
+            labels = [torch.as_tensor(t["labels"], dtype=torch.int64) for t in targets]
+            loc_t, cls_t = match(boxes, labels, priors.cpu(), self.config.loss.iou_threshold)
+            yield (
+                images.to(self.device, non_blocking=True),
+                loc_t.to(self.device, non_blocking=True),
+                cls_t.to(self.device, non_blocking=True),
+            )
+
+    def train_epoch(self, epoch: int) -> EpochStats:
+        seed_everything(_epoch_seed(self.config.train.seed, epoch))
+        self.model.train()
+        sums = np.zeros(3)
+        n_images = 0
+        start = time.perf_counter()
+        bar = tqdm(
+            self.batches(epoch), total=self.steps_per_epoch, disable=not self.progress,
+            desc=f"epoch {epoch + 1}/{self.config.train.epochs}", unit="batch", leave=False,
+        )
+        for images, loc_t, cls_t in bar:
+            locs, logits = self.model(images)
+            loc_loss, cls_loss = self.criterion(locs, logits, loc_t, cls_t)
+            loss = loc_loss + cls_loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}: lower train.lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            n = images.shape[0]
+            n_images += n
+            sums += n * np.array([loss.item(), loc_loss.item(), cls_loss.item()])
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(
+                loss=f"{sums[0] / n_images:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                img_s=f"{n_images / elapsed:.1f}",
+            )
+        seconds = time.perf_counter() - start
+        mean = sums / max(n_images, 1)
+        return EpochStats(
+            epoch=epoch + 1, loss=float(mean[0]), loc_loss=float(mean[1]), cls_loss=float(mean[2]),
+            lr=float(self.optimizer.param_groups[0]["lr"]), epoch_seconds=seconds,
+            images_per_s=n_images / seconds if seconds > 0 else float("nan"),
+        )
+
+    def fit(self, *, resume: bool = True, validate: Callable[[torch.nn.Module], float] | None = None) -> list[EpochStats]:
+        """Train to ``train.epochs``; with ``resume`` continue from the last checkpoint.
+
+        ``validate(model) -> mAP`` is called every ``train.eval_every`` epochs. Ctrl-C
+        leaves the last finished epoch's checkpoint in place and re-raises.
+        """
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        write_config(self.paths.config, self.config)
+        if resume:
+            self.restore()
+        elif self.paths.checkpoint.exists():
+            self.paths.checkpoint.unlink()
+            self.paths.history.unlink(missing_ok=True)
+        stats = []
+        total = self.config.train.epochs
+        every = self.config.train.eval_every
+        for epoch in tqdm(range(self.epoch, total), initial=self.epoch, total=total,
+                          disable=not self.progress, desc="training", unit="epoch"):
+            s = self.train_epoch(epoch)
+            if validate is not None and every and (epoch + 1) % every == 0 and epoch + 1 < total:
+                s.val_voc07_map = float(validate(self.model))
+                self.model.train()
+            self.epoch = epoch + 1
+            self.save()
+            _append_history(self.paths.history, s)
+            stats.append(s)
+        return stats
+
+
+def _append_history(path: Path, stats: EpochStats) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(asdict(stats))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _truncate_history(path: Path, epochs: int) -> None:
+    """Keep only the history rows of finished (checkpointed) epochs."""
+    if not path.exists():
+        return
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= epochs]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)

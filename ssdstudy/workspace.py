@@ -1,0 +1,95 @@
+"""The dataset and device a run works with, resolved from its configuration.
+
+Relative data paths are taken from the project's root (where ``parameters/`` is), so a
+run finds its data whatever the working directory (papermill runs notebooks from
+``book/``). The generated default dataset is written on first use when the
+configuration asks for it (``data.synth``) and ``data.root`` does not exist.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from ssdstudy.config import RunConfig
+from ssdstudy.errors import UserError
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def resolve_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT / path
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; a named device must be present."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device: unknown device {name!r} (use auto, cpu, cuda or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: cuda was asked for but no CUDA device is present")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("train.device: mps was asked for but MPS is not available")
+    return device
+
+
+def available_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+class Workspace:
+    """The records of a run's training and test splits and its class names."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.root = resolve_path(config.data.root)
+        self.ensure_data()
+
+    def ensure_data(self) -> None:
+        if self.root.exists():
+            return
+        synth = self.config.data.synth
+        if synth is None:
+            raise UserError(f"data.root: {self.root} does not exist (see data/README.md for placing VOCdevkit)")
+        from ssdstudy.data.synth import generate
+
+        generate(self.root, train=synth.train, test=synth.test, seed=synth.seed)
+
+    @cached_property
+    def class_names(self) -> tuple[str, ...]:
+        from ssdstudy.data import read_class_names
+
+        return tuple(read_class_names(self.root))
+
+    def _records(self, split: str, limit: int | None) -> list:
+        from ssdstudy.data import load_split
+
+        d = self.config.data
+        records = load_split(
+            self.root, split, years=d.years, class_names=self.class_names,
+            keep_difficult=d.keep_difficult, on_error=d.on_error,
+        )
+        return records[:limit] if limit else records
+
+    @cached_property
+    def train_records(self) -> list:
+        return self._records(self.config.data.train_split, self.config.data.max_train_images)
+
+    @cached_property
+    def test_records(self) -> list:
+        return self._records(self.config.data.test_split, self.config.data.max_test_images)
