@@ -44,7 +44,9 @@ class DataConfig:
     root: str = "data/synth"
     train_split: str = "trainval"
     test_split: str = "test"
-    years: list[str] | None = None
+    #: VOC years (folder suffixes) read for each split; null: every year that has the split.
+    train_years: list[str] | None = None
+    test_years: list[str] | None = None
     keep_difficult: bool = False
     on_error: Literal["raise", "skip"] = "raise"
     #: Write the generated dataset at ``root`` if it is missing (null: never).
@@ -207,6 +209,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {key} must be a list, got {type(value).__name__} {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, item_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a mapping, got {type(value).__name__} {value!r}")
+        return {_coerce(k, key_tp, key, where): _coerce(v, item_tp, f"{key}.{k}", where) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where, prefix=f"{key}.")
     if tp is float:
@@ -305,23 +312,60 @@ PARAMETERS = Path(__file__).resolve().parent.parent / "parameters"
 
 @dataclass
 class ProfileInfo:
+    """What a profile is for; chapters print it so that results are never mistaken."""
+
     name: str = ""
     description: str = ""
     dataset: str = ""
+
+
+@dataclass
+class StudySettings:
+    """A profile's study: which experiments run, and its overrides of their runs."""
+
+    #: Experiments (files in parameters/experiments/) in the book's order.
+    experiments: list[str] = field(default_factory=list)
+    #: Per-experiment layers applied over each of its runs (e.g. mining's epochs).
+    overrides: dict[str, Any] = field(default_factory=dict)
+    #: Per-backbone layers applied last (e.g. a smaller dataset for VGG16 on a CPU).
+    backbones: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Profile:
+    info: ProfileInfo
+    study: StudySettings
+    #: The profile's own RunConfig layer, as ``(file name, mapping)``.
+    layer: tuple[str, dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return self.info.name
 
 
 def profile_path(name: str) -> Path:
     return PARAMETERS / "profiles" / f"{name}.yaml"
 
 
-def profile_layer(name: str) -> tuple[str, dict[str, Any]]:
+def read_profile(name: str) -> Profile:
     path = profile_path(name)
     if not path.is_file():
         known = sorted(p.stem for p in (PARAMETERS / "profiles").glob("*.yaml"))
         raise ConfigError(f"{path}: unknown profile {name!r} (known: {', '.join(known)})")
     data = read_yaml(path)
-    from_dict(ProfileInfo, data.pop("profile", {}), str(path), prefix="profile.")
-    return str(path), data
+    info = from_dict(ProfileInfo, data.pop("profile", {}), str(path), prefix="profile.")
+    study = from_dict(StudySettings, data.pop("study", {}), str(path), prefix="study.")
+    for section in ("overrides", "backbones"):
+        for key, layer in getattr(study, section).items():
+            from_dict(RunConfig, layer, str(path), prefix=f"study.{section}.{key}.")
+    info.name = info.name or name
+    layer = (str(path), data)
+    build_config(layer)  # validate the profile's own layer now
+    return Profile(info=info, study=study, layer=layer)
+
+
+def profile_layer(name: str) -> tuple[str, dict[str, Any]]:
+    return read_profile(name).layer
 
 
 def load_profile(name: str) -> RunConfig:

@@ -232,6 +232,31 @@ class Trainer:
             images_per_s=n_images / seconds if seconds > 0 else float("nan"),
         )
 
+    def throughput(self, steps: int = 5, warmup: int = 1) -> float:
+        """Training images per second over ``steps`` optimiser steps (after ``warmup``),
+        data loading and augmentation included; the model's weights change."""
+        self.model.train()
+        batches = self.batches(0)
+        times = []
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            try:
+                images, loc_t, cls_t = next(batches)
+            except StopIteration:
+                break
+            locs, logits = self.model(images)
+            loss = sum(self.criterion(locs, logits, loc_t, cls_t))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        if not times:
+            raise UserError("training throughput: not enough training images for one timed batch")
+        return self.config.train.batch_size / float(np.median(times))
+
     def fit(self, *, resume: bool = True, validate: Callable[[torch.nn.Module], float] | None = None) -> list[EpochStats]:
         """Train to ``train.epochs``; with ``resume`` continue from the last checkpoint.
 

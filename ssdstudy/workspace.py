@@ -76,20 +76,20 @@ class Workspace:
 
         return tuple(read_class_names(self.root))
 
-    def _records(self, split: str, limit: int | None) -> list:
+    def _records(self, split: str, years: list[str] | None, limit: int | None) -> list:
         from ssdstudy.data import load_split
 
         d = self.config.data
         records = load_split(
-            self.root, split, years=d.years, class_names=self.class_names,
+            self.root, split, years=years, class_names=self.class_names,
             keep_difficult=d.keep_difficult, on_error=d.on_error,
         )
         return records[:limit] if limit else records
 
     @cached_property
     def train_records(self) -> list:
-        return self._records(self.config.data.train_split, self.config.data.max_train_images)
+        return self._records(self.config.data.train_split, self.config.data.train_years, self.config.data.max_train_images)
 
     @cached_property
     def test_records(self) -> list:
-        return self._records(self.config.data.test_split, self.config.data.max_test_images)
+        return self._records(self.config.data.test_split, self.config.data.test_years, self.config.data.max_test_images)

@@ -14,7 +14,7 @@ import sys
 from ssdstudy.errors import UserError
 
 #: Sub-command modules, in the order ``--help`` lists them.
-GROUPS = ("data",)
+GROUPS = ("data", "train", "evaluate", "bench", "detect", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,61 @@
+"""``ssdstudy study``: run the experiments of a profile and build the book."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="run the study's experiments and build the book",
+                       description="Expand a profile's experiments into runs, execute the missing "
+                       "ones with papermill, execute the chapters, build the book.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default="default", help="parameters/profiles/<PROFILE>.yaml")
+    common.add_argument("--no-progress", action="store_true")
+
+    r = actions.add_parser("run", parents=[common], help="train the missing runs and execute the chapters",
+                           description="Train every missing run (a run shared by several experiments is "
+                           "trained once), then execute the chapter notebooks. Rerunning skips what is done "
+                           "and resumes interrupted runs.")
+    r.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="only these experiments")
+    r.add_argument("--dry-run", action="store_true", help="list the plan and an estimate of its time")
+    r.set_defaults(func=run)
+
+    b = actions.add_parser("book", parents=[common], help="build the book from the executed chapters")
+    b.set_defaults(func=book)
+
+    a = actions.add_parser("all", parents=[common], help="data, runs, chapters and the book")
+    a.set_defaults(func=run_all)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssdstudy.study import Study, describe, make_plan
+
+    if args.dry_run:
+        print(describe(make_plan(args.profile, args.only)))
+        return 0
+    study = Study(args.profile, only=args.only, progress=not args.no_progress)
+    study.run_runs()
+    study.run_chapters()
+    print(study.report())
+    return 1 if study.failures else 0
+
+
+def book(args: argparse.Namespace) -> int:
+    from ssdstudy.study import Study
+
+    index = Study(args.profile, progress=not args.no_progress).build_book()
+    print(f"book: {index}")
+    return 0
+
+
+def run_all(args: argparse.Namespace) -> int:
+    from ssdstudy.study import run_study
+
+    study = run_study(args.profile, progress=not args.no_progress)
+    print(study.report())
+    if study.failures:
+        return 1
+    print(f"book: {study.root / '_build' / 'html' / 'index.html'} ({study.seconds / 60:.1f} min)")
+    return 0

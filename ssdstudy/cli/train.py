@@ -1,0 +1,52 @@
+"""``ssdstudy train PARAMS.yaml``: train, evaluate and time one run."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from ssdstudy.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train, evaluate and time one run",
+        description="Train the run described by PARAMS.yaml (a RunConfig, optionally with "
+        "'profile: NAME' to build on a profile), then evaluate and time it. Results go to "
+        "results/<profile>/runs/<run id>/ unless --run-dir is given. A checkpoint is written "
+        "every epoch; Ctrl-C keeps the last one and --resume continues from it.",
+    )
+    p.add_argument("params", help="parameter file (YAML)")
+    p.add_argument("--run-dir", help="where the run's files go")
+    p.add_argument("--profile", default="adhoc", help="results/<PROFILE>/ folder name (default: adhoc)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    group.add_argument("--restart", action="store_true", help="discard the run's files and start again")
+    p.add_argument("--device", help="cpu, cuda or mps (default: the parameter file's train.device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssdstudy.config import load_run_config
+    from ssdstudy.pipeline import execute_run
+    from ssdstudy.runs import RESULTS, RunPaths
+
+    config = load_run_config(args.params)
+    if args.device:
+        config.train.device = args.device
+    paths = RunPaths(Path(args.run_dir) if args.run_dir else RESULTS / args.profile / "runs" / config.run_id)
+    if args.restart and paths.root.exists():
+        shutil.rmtree(paths.root)
+    elif paths.checkpoint.exists() and not args.resume:
+        raise UserError(f"{paths.root}: this run has a checkpoint; pass --resume to continue it or --restart")
+    try:
+        result = execute_run(config, paths.root, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: the last finished epoch is saved in {paths.checkpoint}; continue with --resume")
+        return 130
+    m = result["metrics"]
+    print(f"run {config.run_id}: VOC07 mAP {m['voc07_map']:.4f}, all-point mAP {m['voc_map']:.4f}")
+    print(f"results in {paths.root}")
+    return 0

@@ -1,0 +1,170 @@
+"""Reading results back: one table row per finished run, and the hardware files.
+
+Chapters read everything through these functions, so a figure never depends on how
+a result file happens to be laid out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ssdstudy.runs import RESULTS, RunPaths
+
+SIZE_BIN_NAMES = ("0-5", "5-10", "10-20", "20-40", "40-60", "60-80", "80-100")
+AUGMENT_STEPS = ("photometric", "expand", "crop", "mirror")
+BACKBONE_LABELS = {"vgg16": "VGG16", "mobilenet_v1": "MobileNetV1"}
+
+
+def augment_label(augment: dict[str, Any]) -> str:
+    """"all", "none", "no crop" (one step left out), or the steps joined by "+"."""
+    if not augment.get("enabled", True):
+        return "none"
+    on = [s for s in AUGMENT_STEPS if augment.get(s, True)]
+    if len(on) == len(AUGMENT_STEPS):
+        return "all"
+    if not on:
+        return "none"
+    if len(on) == len(AUGMENT_STEPS) - 1:
+        return "no " + next(s for s in AUGMENT_STEPS if s not in on)
+    return "+".join(on)
+
+
+def mining_label(neg_pos_ratio: float | None) -> str:
+    return "none" if neg_pos_ratio is None else f"{neg_pos_ratio:g}:1"
+
+
+def run_label(config: dict[str, Any]) -> str:
+    model = config["model"]
+    name = BACKBONE_LABELS.get(model["backbone"], model["backbone"])
+    if model["backbone"] == "mobilenet_v1" and model.get("width", 1.0) != 1.0:
+        name += f" x{model['width']:g}"
+    return f"{name}, aug {augment_label(config['augment'])}, mining {mining_label(config['loss']['neg_pos_ratio'])}"
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _nan(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def run_row(paths: RunPaths) -> dict[str, Any]:
+    """The table row of one finished run."""
+    config = yaml.safe_load(paths.config.read_text())
+    metrics = _read_json(paths.metrics)
+    timing = _read_json(paths.timing)
+    history = pd.read_csv(paths.history)
+    cpu = timing.get("cpu") or next(iter(timing.values()), {})
+    row: dict[str, Any] = {
+        "run_id": paths.root.name,
+        "label": run_label(config),
+        "backbone": config["model"]["backbone"],
+        "width": float(config["model"]["width"]),
+        "augment": augment_label(config["augment"]),
+        "mining": mining_label(config["loss"]["neg_pos_ratio"]),
+        "neg_pos_ratio": config["loss"]["neg_pos_ratio"],
+        "image_size": config["model"]["image_size"],
+        "epochs": int(history["epoch"].max()) if len(history) else 0,
+        "voc07_map": _nan(metrics.get("voc07_map")),
+        "voc_map": _nan(metrics.get("voc_map")),
+        "coco_ap": _nan((metrics.get("coco") or {}).get("AP")),
+        "coco_ap50": _nan((metrics.get("coco") or {}).get("AP50")),
+        "inference_ms": _nan(cpu.get("inference_ms", {}).get("median")),
+        "prediction_ms": _nan(cpu.get("prediction_ms", {}).get("median")),
+        "reference_prediction_ms": _nan(cpu.get("reference_prediction_ms", {}).get("median")),
+        "forward_ms": _nan(cpu.get("stages_ms", {}).get("forward")),
+        "postprocess_ms": _nan(cpu.get("stages_ms", {}).get("postprocess")),
+        "epoch_seconds": float(history["epoch_seconds"].median()) if len(history) else float("nan"),
+        "images_per_s": float(history["images_per_s"].median()) if len(history) else float("nan"),
+        "peak_memory_mb": _nan(cpu.get("peak_memory_mb")),
+        "device_name": cpu.get("device_name", ""),
+    }
+    bins = metrics.get("size_bins") or {}
+    for name in SIZE_BIN_NAMES:
+        entry = bins.get(name) or {}
+        row[f"bin {name}"] = _nan(entry.get("voc07_map"))
+        row[f"images {name}"] = int(entry.get("images") or 0)
+    return row
+
+
+def run_paths(profile: str, results: Path | None = None) -> list[RunPaths]:
+    root = (results or RESULTS) / profile / "runs"
+    return sorted(RunPaths(p) for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def load_runs(profile: str, run_ids: Iterable[str] | None = None, results: Path | None = None) -> pd.DataFrame:
+    """One row per complete run of ``profile`` (only ``run_ids`` when given)."""
+    wanted = None if run_ids is None else list(run_ids)
+    rows = []
+    for paths in run_paths(profile, results):
+        if wanted is not None and paths.root.name not in wanted:
+            continue
+        if paths.complete():
+            rows.append(run_row(paths))
+    frame = pd.DataFrame(rows)
+    if wanted is not None and len(frame):
+        frame = frame.set_index("run_id").loc[[r for r in wanted if r in set(frame["run_id"])]].reset_index()
+    return frame
+
+
+def load_history(profile: str, run_id: str, results: Path | None = None) -> pd.DataFrame:
+    return pd.read_csv((results or RESULTS) / profile / "runs" / run_id / "history.csv")
+
+
+def hardware_rows(data: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    """Rows of one hardware file written by ``ssdstudy bench --out``."""
+    rows = []
+    for entry in data.get("entries", []):
+        t = entry["timing"]
+        rows.append({
+            "machine": data.get("machine", source),
+            "device": t.get("device"),
+            "device_name": t.get("device_name"),
+            "threads": t.get("threads"),
+            "backbone": entry.get("backbone"),
+            "width": entry.get("width", 1.0),
+            "image_size": entry.get("image_size"),
+            "inference_ms": _nan(t.get("inference_ms", {}).get("median")),
+            "prediction_ms": _nan(t.get("prediction_ms", {}).get("median")),
+            "reference_prediction_ms": _nan((t.get("reference_prediction_ms") or {}).get("median")),
+            "epoch_seconds": _nan(entry.get("epoch_seconds")),
+            "images_per_s_train": _nan(entry.get("train_images_per_s")),
+            "source": source,
+        })
+    return rows
+
+
+def load_hardware(profile: str | None = None, results: Path | None = None) -> pd.DataFrame:
+    """Every hardware measurement: ``results/hardware/*.json``, plus, for ``profile``,
+    the CPU timings of its own runs (the machine that ran the study)."""
+    base = results or RESULTS
+    rows: list[dict[str, Any]] = []
+    hw = base / "hardware"
+    for path in sorted(hw.glob("*.json")) if hw.is_dir() else []:
+        rows.extend(hardware_rows(_read_json(path), path.name))
+    if profile is not None:
+        for paths in run_paths(profile, results):
+            if not paths.complete():
+                continue
+            config = yaml.safe_load(paths.config.read_text())
+            history = pd.read_csv(paths.history)
+            for key, t in _read_json(paths.timing).items():
+                rows.append({
+                    "machine": "study machine", "device": t.get("device"), "device_name": t.get("device_name"),
+                    "threads": t.get("threads"), "backbone": config["model"]["backbone"],
+                    "width": config["model"]["width"], "image_size": config["model"]["image_size"],
+                    "inference_ms": _nan(t["inference_ms"]["median"]),
+                    "prediction_ms": _nan(t["prediction_ms"]["median"]),
+                    "reference_prediction_ms": _nan((t.get("reference_prediction_ms") or {}).get("median")),
+                    "epoch_seconds": float(history["epoch_seconds"].median()) if len(history) else np.nan,
+                    "images_per_s_train": float(history["images_per_s"].median()) if len(history) else np.nan,
+                    "source": f"{profile}/{paths.root.name}",
+                })
+    return pd.DataFrame(rows)

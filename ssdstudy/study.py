@@ -1,0 +1,338 @@
+"""The study runner: experiments expanded into runs, runs executed as papermill
+notebooks, chapters executed over their results, and the book built.
+
+* An experiment (``parameters/experiments/<name>.yaml``) lists runs as layers over the
+  profile; a run's id is the hash of its resolved configuration, so experiments that ask
+  for the same run share it and it is trained once.
+* Each missing run is executed from ``book/templates/run.ipynb`` with papermill into a
+  temporary file, moved into the run's folder only on success. A failed run is reported
+  with the path of its notebook and the others go on; its checkpoint stays, so the next
+  ``study run`` resumes it.
+* Each chapter (``book/templates/<chapter>.ipynb``) is executed the same way into
+  ``book/chapters/``; the run notebooks are copied to ``book/runs/`` for the appendix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ssdstudy.config import (
+    PARAMETERS,
+    ConfigError,
+    Profile,
+    RunConfig,
+    build_config,
+    from_dict,
+    read_profile,
+    read_yaml,
+)
+from ssdstudy.results import load_runs
+from ssdstudy.runs import RESULTS, RunPaths, write_config
+from ssdstudy.workspace import PROJECT
+
+#: Chapters executed after the experiments' own, in this order.
+EXTRA_CHAPTERS = ("conclusions",)
+#: Per-image training cost on a 2-core CPU at 300x300 (images/s), for --dry-run's estimate
+#: when no finished run of the backbone is there to measure it.
+TRAIN_SPEED_300 = {"vgg16": 1.9, "mobilenet_v1": 21.0}
+
+
+@dataclass
+class ExperimentInfo:
+    title: str = ""
+    description: str = ""
+    #: Chapter template in book/templates/ (default: the experiment's name).
+    chapter: str = ""
+
+
+@dataclass
+class Experiment:
+    name: str
+    info: ExperimentInfo
+    runs: list[RunConfig]
+    #: Each run's own (unresolved) overrides, for tables and labels.
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def chapter(self) -> str:
+        return self.info.chapter or self.name
+
+
+def experiment_path(name: str) -> Path:
+    return PARAMETERS / "experiments" / f"{name}.yaml"
+
+
+def read_experiment(name: str, profile: Profile) -> Experiment:
+    """The runs of experiment ``name`` resolved over ``profile``; errors name the file."""
+    path = experiment_path(name)
+    if not path.is_file():
+        known = sorted(p.stem for p in (PARAMETERS / "experiments").glob("*.yaml"))
+        raise ConfigError(f"{path}: unknown experiment {name!r} (known: {', '.join(known)})")
+    data = read_yaml(path)
+    where = str(path)
+    unknown = sorted(set(data) - {"experiment", "base", "runs"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]} (allowed: base, experiment, runs)")
+    info = from_dict(ExperimentInfo, data.get("experiment"), where, prefix="experiment.")
+    base = data.get("base") or {}
+    from_dict(RunConfig, base, where, prefix="base.")
+    runs_data = data.get("runs")
+    if not isinstance(runs_data, list) or not runs_data:
+        raise ConfigError(f"{where}: runs must be a non-empty list of run overrides")
+    runs, layers = [], []
+    for i, layer in enumerate(runs_data):
+        layer = layer or {}
+        from_dict(RunConfig, layer, where, prefix=f"runs[{i}].")
+        stack = [(f"{where} (base)", base), (f"{where} runs[{i}]", layer)]
+        extra = profile.study.overrides.get(name)
+        if extra:
+            stack.append((f"{profile.layer[0]} study.overrides.{name}", extra))
+        # the backbone's layer goes right above the profile's, under the experiment's
+        backbone = build_config(profile.layer, *stack).model.backbone
+        if backbone in profile.study.backbones:
+            stack.insert(0, (f"{profile.layer[0]} study.backbones.{backbone}", profile.study.backbones[backbone]))
+        stack.insert(0, profile.layer)
+        runs.append(build_config(*stack))
+        layers.append(layer)
+    return Experiment(name=name, info=info, runs=runs, layers=layers)
+
+
+def profile_info(profile: str) -> dict[str, str]:
+    """The profile's name, description and dataset, for chapters to print."""
+    return dataclasses.asdict(read_profile(profile).info)
+
+
+@dataclass
+class Plan:
+    profile: Profile
+    experiments: list[Experiment]
+    #: Unique runs in first-use order: run id -> config.
+    runs: dict[str, RunConfig]
+    results: Path
+
+    def paths(self, run_id: str) -> RunPaths:
+        return RunPaths(self.results / self.profile.name / "runs" / run_id)
+
+    def missing(self) -> list[str]:
+        return [r for r in self.runs if not self.paths(r).complete()]
+
+
+def make_plan(profile: str, only: list[str] | None = None, results: Path | None = None) -> Plan:
+    prof = read_profile(profile)
+    names = prof.study.experiments
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ConfigError(
+                f"{prof.layer[0]}: experiment {unknown[0]!r} is not in study.experiments ({', '.join(names)})"
+            )
+        names = [n for n in names if n in only]
+    experiments = [read_experiment(n, prof) for n in names]
+    runs: dict[str, RunConfig] = {}
+    for exp in experiments:
+        for cfg in exp.runs:
+            runs.setdefault(cfg.run_id, cfg)
+    return Plan(profile=prof, experiments=experiments, runs=runs, results=results or RESULTS)
+
+
+def experiment_frame(profile: str, experiment: str, results: Path | None = None) -> pd.DataFrame:
+    """The finished runs of one experiment, one row each, in the experiment's order."""
+    exp = read_experiment(experiment, read_profile(profile))
+    ids = list(dict.fromkeys(cfg.run_id for cfg in exp.runs))
+    return load_runs(profile, ids, results=results)
+
+
+def estimate_seconds(plan: Plan) -> float:
+    """A rough training-time estimate of the missing runs (from finished runs' speed)."""
+    done = load_runs(plan.profile.name, results=plan.results)
+    total = 0.0
+    for run_id in plan.missing():
+        cfg = plan.runs[run_id]
+        speed = None
+        if len(done):
+            same = done[(done.backbone == cfg.model.backbone) & (done.image_size == cfg.model.image_size)]
+            if len(same):
+                speed = float(same["images_per_s"].median())
+        if not speed:
+            speed = TRAIN_SPEED_300.get(cfg.model.backbone, 5.0) * (300 / cfg.model.image_size) ** 2
+        images = cfg.data.max_train_images or (cfg.data.synth.train if cfg.data.synth else 16551)
+        total += cfg.train.epochs * images / speed
+    return total
+
+
+def describe(plan: Plan) -> str:
+    lines = [f"profile {plan.profile.name}: {plan.profile.info.description}".rstrip(": ")]
+    for exp in plan.experiments:
+        lines.append(f"  experiment {exp.name}: {len(exp.runs)} runs")
+    missing = set(plan.missing())
+    from ssdstudy.results import run_label
+
+    for run_id, cfg in plan.runs.items():
+        state = "to train" if run_id in missing else "found"
+        ckpt = plan.paths(run_id).checkpoint
+        if run_id in missing and ckpt.exists():
+            state = "to resume"
+        lines.append(
+            f"  {run_id}  {state:9}  {run_label(cfg.to_dict())}, {cfg.model.image_size}px, {cfg.train.epochs} epochs"
+        )
+    est = estimate_seconds(plan)
+    lines.append(
+        f"{len(missing)} runs to train, {len(plan.runs) - len(missing)} found; "
+        f"estimated training time {est / 60:.0f} min on a 2-core CPU"
+    )
+    return "\n".join(lines)
+
+
+# --- executing notebooks -------------------------------------------------------------
+
+
+@dataclass
+class Failure:
+    what: str
+    notebook: Path
+    error: str
+
+
+def execute_notebook(template: Path, output: Path, parameters: dict[str, Any], cwd: Path) -> None:
+    """Run ``template`` with papermill into a temporary file; move it to ``output`` on
+    success. On failure the partial notebook is kept beside, as ``*.failed.ipynb``."""
+    import papermill as pm
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.stem + ".running.ipynb")
+    try:
+        pm.execute_notebook(
+            str(template), str(tmp), parameters=parameters, cwd=str(cwd),
+            kernel_name="python3", progress_bar=False, log_output=False,
+        )
+    except BaseException:
+        if tmp.exists():
+            os.replace(tmp, output.with_name(output.stem + ".failed.ipynb"))
+        raise
+    os.replace(tmp, output)
+    output.with_name(output.stem + ".failed.ipynb").unlink(missing_ok=True)
+
+
+class Study:
+    """Runs a profile's study with the book sources under ``root``."""
+
+    def __init__(self, profile: str, *, root: Path = PROJECT, results: Path | None = None,
+                 only: list[str] | None = None, progress: bool = True):
+        self.root = Path(root)
+        self.plan = make_plan(profile, only, results or self.root / "results")
+        self.progress = progress
+        self.templates = self.root / "book" / "templates"
+        self.failures: list[Failure] = []
+
+    @property
+    def profile(self) -> str:
+        return self.plan.profile.name
+
+    def run_runs(self) -> list[str]:
+        """Execute every missing run; returns the ids of the runs that finished now."""
+        done = []
+        missing = self.plan.missing()
+        bar = tqdm(missing, disable=not self.progress, desc="runs", unit="run")
+        for run_id in bar:
+            cfg = self.plan.runs[run_id]
+            paths = self.plan.paths(run_id)
+            bar.set_postfix_str(f"{run_id} {cfg.model.backbone}")
+            paths.root.mkdir(parents=True, exist_ok=True)
+            write_config(paths.config, cfg)
+            try:
+                execute_notebook(
+                    self.templates / "run.ipynb", paths.notebook,
+                    {"config_path": str(paths.config), "run_dir": str(paths.root), "profile": self.profile},
+                    cwd=self.root,
+                )
+            except Exception as err:  # noqa: BLE001 - reported, and the study goes on
+                self.failures.append(Failure(f"run {run_id}", paths.root / "run.failed.ipynb", _short(err)))
+                continue
+            done.append(run_id)
+        return done
+
+    def run_chapters(self) -> None:
+        chapters = [exp.chapter for exp in self.plan.experiments]
+        chapters += [c for c in EXTRA_CHAPTERS if c not in chapters and (self.templates / f"{c}.ipynb").exists()]
+        out_dir = self.root / "book" / "chapters"
+        names = {exp.chapter: exp.name for exp in self.plan.experiments}
+        for chapter in tqdm(chapters, disable=not self.progress, desc="chapters", unit="chapter"):
+            out = out_dir / f"{chapter}.ipynb"
+            try:
+                execute_notebook(
+                    self.templates / f"{chapter}.ipynb", out,
+                    {"profile": self.profile, "experiment": names.get(chapter, chapter),
+                     "results_dir": str(self.plan.results)},
+                    cwd=self.root,
+                )
+            except Exception as err:  # noqa: BLE001
+                self.failures.append(Failure(f"chapter {chapter}", out.with_name(out.stem + ".failed.ipynb"), _short(err)))
+        self.copy_run_notebooks()
+
+    def copy_run_notebooks(self) -> None:
+        """The executed run notebooks of this profile's plan, for the appendix."""
+        dest = self.root / "book" / "runs"
+        dest.mkdir(parents=True, exist_ok=True)
+        wanted = {f"{r}.ipynb" for r in self.plan.runs}
+        for old in dest.glob("*.ipynb"):
+            if old.name not in wanted:
+                old.unlink()
+        for run_id in self.plan.runs:
+            src = self.plan.paths(run_id).notebook
+            if src.is_file():
+                shutil.copyfile(src, dest / f"{run_id}.ipynb")
+
+    def build_book(self, *, strict: bool = True) -> Path:
+        exe = Path(sys.executable).with_name("jupyter-book")
+        cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(self.root)]
+        if strict:
+            cmd += ["-W", "-n", "--keep-going"]
+        proc = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            log = self.root / "_build" / "build.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(proc.stdout + "\n" + proc.stderr)
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise RuntimeError(f"jupyter-book build failed (full log: {log}):\n{tail}")
+        return self.root / "_build" / "html" / "index.html"
+
+    def report(self) -> str:
+        if not self.failures:
+            return "all runs and chapters finished"
+        lines = [f"{len(self.failures)} failed (the results made so far are kept; rerun to resume):"]
+        lines += [f"  {f.what}: {f.error}\n    notebook: {f.notebook}" for f in self.failures]
+        return "\n".join(lines)
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    # papermill's PapermillExecutionError carries the cell's exception name and value
+    ename = getattr(err, "ename", None)
+    evalue = getattr(err, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}"
+    return text[-1] if text else type(err).__name__
+
+
+def run_study(profile: str, *, only: list[str] | None = None, book: bool = True,
+              root: Path = PROJECT, results: Path | None = None, progress: bool = True) -> Study:
+    """Data, runs, chapters and (optionally) the book, for one profile."""
+    study = Study(profile, root=root, results=results, only=only, progress=progress)
+    start = time.time()
+    study.run_runs()
+    study.run_chapters()
+    if book and not study.failures:
+        study.build_book()
+    study.seconds = time.time() - start  # type: ignore[attr-defined]
+    return study

@@ -1,0 +1,107 @@
+"""Parameter files: layering, validation with errors naming the file and key, run ids."""
+
+from pathlib import Path
+
+import pytest
+
+from ssdstudy.config import ConfigError, RunConfig, build_config, load_run_config, read_profile
+from ssdstudy.study import make_plan, read_experiment
+
+PARAMS = Path(__file__).resolve().parent.parent / "parameters"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_layers_override_defaults_and_coerce_ints_to_floats(tmp_path):
+    cfg = load_run_config(write(tmp_path, "model: {backbone: mobilenet_v1, width: 1}\ntrain: {lr: 1}\n"))
+    assert cfg.model.width == 1.0 and isinstance(cfg.model.width, float)
+    assert cfg.train.lr == 1.0
+    assert cfg.train.momentum == 0.9 and cfg.train.weight_decay == 5e-4
+
+
+def test_profile_key_builds_on_a_profile(tmp_path):
+    cfg = load_run_config(write(tmp_path, "profile: smoke\ntrain: {epochs: 3}\n"))
+    assert cfg.model.image_size == read_profile("smoke").layer[1]["model"]["image_size"]
+    assert cfg.train.epochs == 3
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("model: {backbone: vgg16, depth: 3}\n", "unknown key model.depth"),
+        ("train: {epochs: many}\n", "train.epochs must be an integer"),
+        ("train: {scheduler: linear}\n", "train.scheduler must be one of"),
+        ("augment: {crop: maybe}\n", "augment.crop must be true or false"),
+        ("model: {width: 1.5}\n", "model.width must be in (0, 1]"),
+        ("model: {backbone: vgg16, width: 0.5}\n", "model.width applies to mobilenet_v1 only"),
+        ("loss: [3]\n", "loss must be a mapping"),
+        ("train: {epochs: 3\n", "not valid YAML"),
+        ("profile: nosuch\n", "unknown profile 'nosuch'"),
+    ],
+)
+def test_bad_parameter_files_name_file_and_key(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    assert needle in str(err.value)
+    if "unknown profile" not in needle:
+        assert str(path) in str(err.value)
+
+
+def test_null_mining_is_allowed_and_changes_the_run_id():
+    a = build_config(("a", {"loss": {"neg_pos_ratio": 3}}))
+    b = build_config(("b", {"loss": {"neg_pos_ratio": None}}))
+    assert b.loss.neg_pos_ratio is None
+    assert a.run_id != b.run_id
+
+
+def test_run_id_ignores_workers_and_device_but_not_the_seed():
+    base = RunConfig()
+    other = build_config(("x", {"train": {"workers": 4, "device": "cpu"}}))
+    seeded = build_config(("x", {"train": {"seed": 1}}))
+    assert base.run_id == other.run_id
+    assert base.run_id != seeded.run_id
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (PARAMS / "profiles").glob("*.yaml")))
+def test_every_profile_and_experiment_validates(profile):
+    plan = make_plan(profile)
+    assert plan.runs
+    assert {e.name for e in plan.experiments} == set(read_profile(profile).study.experiments)
+
+
+def test_experiments_share_runs_by_id():
+    prof = read_profile("default")
+    backbone = {c.run_id for c in read_experiment("backbone", prof).runs}
+    sizes = {c.run_id for c in read_experiment("sizes", prof).runs}
+    augmentation = {c.run_id for c in read_experiment("augmentation", prof).runs}
+    assert backbone == sizes
+    assert len(backbone & augmentation) == 2  # the MobileNet baselines with and without augmentation
+
+
+def test_voc_profile_is_the_studys_protocol():
+    plan = make_plan("voc")
+    runs = list(plan.runs.values())
+    assert {r.model.image_size for r in runs} == {300}
+    assert all(r.data.train_years == ["2007", "2012"] and r.data.test_years == ["2007"] for r in runs)
+    mining = read_experiment("mining", plan.profile).runs
+    assert {r.train.epochs for r in mining} == {15}
+    assert {r.loss.neg_pos_ratio for r in mining} == {3.0, None}
+    width = read_experiment("width", plan.profile).runs
+    assert all(r.model.pretrained is None for r in width)
+    assert sorted({r.model.width for r in width}) == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_bad_experiment_file_names_file_and_key(tmp_path, monkeypatch):
+    import ssdstudy.study as study
+
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "broken.yaml").write_text("runs:\n  - model: {backbone: vgg16, widht: 1}\n")
+    monkeypatch.setattr(study, "PARAMETERS", tmp_path)
+    with pytest.raises(ConfigError) as err:
+        study.read_experiment("broken", read_profile("smoke"))
+    assert "broken.yaml" in str(err.value) and "runs[0].model.widht" in str(err.value)
