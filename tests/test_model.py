@@ -1,0 +1,210 @@
+"""The SSD models: sizes of the original networks, forward shapes, options, registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ssdstudy.errors import ConfigError, UserError
+from ssdstudy.model import (
+    BACKBONES,
+    SSD,
+    Backbone,
+    BackboneParts,
+    ModelConfigError,
+    PriorConfig,
+    PriorSpec,
+    available_backbones,
+    build_model,
+    register_backbone,
+)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def vgg() -> SSD:
+    return build_model("vgg16", 21).eval()
+
+
+@pytest.fixture(scope="module")
+def mobilenet() -> SSD:
+    return build_model("mobilenet_v1", 21).eval()
+
+
+def test_registry_lists_both_backbones():
+    assert available_backbones() == ("mobilenet_v1", "vgg16")
+    assert set(BACKBONES) == {"vgg16", "mobilenet_v1"}
+
+
+def test_parameter_counts_equal_the_original_networks(vgg, mobilenet):
+    # qfgaohao/pytorch-ssd create_vgg_ssd(21) and create_mobilenetv1_ssd(21).
+    assert n_params(vgg) == 26_285_998
+    assert n_params(mobilenet) == 9_468_996
+
+
+def test_mobilenet_width_scales_every_mobilenet_layer():
+    counts = {w: n_params(build_model("mobilenet_v1", 21, width=w)) for w in (0.25, 0.5, 0.75, 1.0)}
+    assert counts[0.25] < counts[0.5] < counts[0.75] < counts[1.0] == 9_468_996
+    half = build_model("mobilenet_v1", 21, width=0.5)
+    convs = [m for m in half.backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].out_channels == 16 and convs[-1].out_channels == 512
+    assert half.backbone.out_channels == (256, 512)
+    assert half.cls_heads[0].in_channels == 256 and half.cls_heads[1].in_channels == 512
+    assert half.extras[0][0].in_channels == 512  # fed by the last MobileNet layer
+    assert half.extras[0][2].out_channels == 512  # the extras' own widths stay
+    # An odd width works too (floor, at least one channel).
+    odd = build_model("mobilenet_v1", 21, width=0.3)
+    assert odd.backbone.out_channels == (153, 307)
+    tiny = build_model("mobilenet_v1", 21, width=0.001)
+    assert tiny.backbone.out_channels == (1, 1)
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.5, 1.5, 2, float("nan"), float("inf"), "0.5", None, True, [0.5]])
+def test_width_out_of_range_is_a_clear_error(bad):
+    with pytest.raises(ModelConfigError, match="model.width") as info:
+        build_model("mobilenet_v1", 21, width=bad)
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, UserError)
+
+
+def test_vgg16_has_no_width_multiplier():
+    with pytest.raises(ModelConfigError, match="vgg16 needs width 1.0"):
+        build_model("vgg16", 21, width=0.5)
+
+
+def test_unknown_backbone_option_and_arguments_are_clear_errors():
+    with pytest.raises(ModelConfigError, match="unknown backbone 'resnet'.*mobilenet_v1, vgg16"):
+        build_model("resnet", 21)
+    with pytest.raises(ModelConfigError, match="'dropout'.*its options: conv4_3_norm"):
+        build_model("vgg16", 21, dropout=0.1)
+    with pytest.raises(ModelConfigError, match="'dropout'.*its options: none"):
+        build_model("mobilenet_v1", 21, dropout=0.1)
+    with pytest.raises(ModelConfigError, match="conv4_3_norm must be"):
+        build_model("vgg16", 21, conv4_3_norm="layernorm")
+    for classes in (1, 0, 2.5, True):
+        with pytest.raises(ModelConfigError, match="num_classes"):
+            build_model("mobilenet_v1", classes)
+    for size in (0, -300, 300.0, "300"):
+        with pytest.raises(ModelConfigError, match="image_size"):
+            build_model("mobilenet_v1", 21, image_size=size)
+
+
+def test_too_small_input_names_the_smallest_supported_size():
+    with pytest.raises(ModelConfigError, match=r"image_size 8 is too small.*smallest size it supports is 12"):
+        build_model("vgg16", 21, image_size=8)
+    assert build_model("mobilenet_v1", 21, image_size=8).feature_map_sizes == (1, 1, 1, 1, 1, 1)
+
+
+def test_forward_shapes_at_300(vgg, mobilenet):
+    with torch.inference_mode():
+        locs, logits = mobilenet(torch.randn(2, 3, 300, 300))
+        assert locs.shape == (2, 3000, 4) and logits.shape == (2, 3000, 21)
+        locs, logits = vgg(torch.randn(1, 3, 300, 300))
+        assert locs.shape == (1, 8732, 4) and logits.shape == (1, 8732, 21)
+    assert vgg.feature_map_sizes == (38, 19, 10, 5, 3, 1)
+    assert mobilenet.feature_map_sizes == (19, 10, 5, 3, 2, 1)
+    assert vgg.priors.shape == (8732, 4) and mobilenet.priors.shape == (3000, 4)
+
+
+@pytest.mark.parametrize(("backbone", "size", "count"), [("vgg16", 160, 2412), ("mobilenet_v1", 160, 840),
+                                                         ("mobilenet_v1", 224, 1602)])
+def test_forward_at_smaller_sizes(backbone, size, count):
+    model = build_model(backbone, 5, image_size=size).eval()
+    with torch.inference_mode():
+        locs, logits = model(torch.randn(1, 3, size, size))
+    assert locs.shape == (1, count, 4) and logits.shape == (1, count, 5)
+    assert model.priors.shape == (count, 4)
+    assert torch.isfinite(locs).all() and torch.isfinite(logits).all()
+
+
+def test_vgg_extras_get_padding_only_where_the_input_is_too_small():
+    assert build_model("vgg16", 21, image_size=300).padded_extras == ()
+    small = build_model("vgg16", 21, image_size=224)
+    assert small.padded_extras == ("3.2",)
+    assert small.extras[3][2].padding == (1, 1) and small.extras[2][2].padding == (0, 0)
+    assert small.feature_map_sizes == (28, 14, 7, 4, 2, 2)
+    # Same parameters at every size: weights move between sizes.
+    small.load_state_dict(build_model("vgg16", 21).state_dict())
+
+
+def test_forward_rejects_another_input_size(mobilenet):
+    with pytest.raises(ValueError, match=r"built for 300x300.*\(1, 3, 256, 256\)"):
+        mobilenet(torch.zeros(1, 3, 256, 256))
+
+
+def test_normalisation_matches_the_original_code_base(vgg, mobilenet):
+    # vgg: pixel - (123, 117, 104); mobilenet: (pixel - 127) / 128, on 0..255 pixels.
+    pixel = torch.tensor([200.0, 100.0, 50.0])
+    vgg_x = (pixel / 255 - torch.tensor(vgg.mean)) / torch.tensor(vgg.std)
+    assert torch.allclose(vgg_x, pixel - torch.tensor([123.0, 117.0, 104.0]), atol=1e-4)
+    mb_x = (pixel / 255 - torch.tensor(mobilenet.mean)) / torch.tensor(mobilenet.std)
+    assert torch.allclose(mb_x, (pixel - 127) / 128, atol=1e-6)
+
+
+def test_extras_and_heads_start_xavier_uniform(mobilenet):
+    for conv in [mobilenet.cls_heads[1], mobilenet.loc_heads[0], mobilenet.extras[2][2]]:
+        fan_in = conv.in_channels * 9 if conv.kernel_size == (3, 3) else conv.in_channels
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        top = conv.weight.abs().max().item()
+        assert 0.95 * bound < top <= bound
+
+
+def test_vgg_l2norm_option_is_the_papers_layer():
+    model = build_model("vgg16", 21, conv4_3_norm="l2")
+    assert n_params(model) == 26_285_998 - 1024 + 512
+    norm = model.backbone.conv4_3_norm
+    x = torch.rand(2, 512, 4, 4) + 0.1
+    assert torch.allclose(norm(x).norm(dim=1), torch.full((2, 4, 4), 20.0), atol=1e-4)
+    assert model.options == {"conv4_3_norm": "l2"}
+
+
+def test_metadata_and_description(mobilenet):
+    half = build_model("mobilenet_v1", 21, width=0.5, image_size=160)
+    assert half.metadata() == {"backbone": "mobilenet_v1", "width": 0.5, "num_classes": 21, "image_size": 160,
+                               "options": {}}
+    assert "width 0.5" in half.describe() and "840 default boxes" in repr(half)
+
+
+class _TinyBody(Backbone):
+    """Two convolutions; maps at stride 2 and 4."""
+
+    out_channels = (4, 8)
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        x = self.a(x)
+        return [x, self.b(x)]
+
+    def original_name(self, key):
+        return "base_net", key
+
+
+def test_a_new_backbone_is_one_registered_factory():
+    @register_backbone("tiny_test")
+    def tiny(width: float = 1.0) -> BackboneParts:
+        specs = (PriorSpec(16, 2, 8, 16, (2,)), PriorSpec(8, 4, 16, 24, ()), PriorSpec(4, 8, 24, 32, ()))
+        extras = nn.ModuleList([nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())])
+        return BackboneParts(_TinyBody(), extras, (4, 8, 8), PriorConfig(specs, image_size=32),
+                             mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+    try:
+        assert "tiny_test" in available_backbones()
+        model = build_model("tiny_test", 3, image_size=32)
+        assert model.feature_map_sizes == (16, 8, 4)
+        locs, logits = model(torch.zeros(2, 3, 32, 32))
+        assert locs.shape == (2, 16 * 16 * 4 + 64 * 2 + 16 * 2, 4) and logits.shape[-1] == 3
+        assert model.priors.shape[0] == locs.shape[1]
+    finally:
+        BACKBONES._remove("tiny_test")
+    assert "tiny_test" not in available_backbones()
