@@ -79,7 +79,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a corrupt or foreign file
         raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or "config" not in state or "model" not in state:

@@ -96,7 +96,7 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
 
 def run_paths(profile: str, results: Path | None = None) -> list[RunPaths]:
     root = (results or RESULTS) / profile / "runs"
-    return sorted(RunPaths(p) for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return [RunPaths(p) for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []
 
 
 def load_runs(profile: str, run_ids: Iterable[str] | None = None, results: Path | None = None) -> pd.DataFrame:
@@ -141,30 +141,34 @@ def hardware_rows(data: dict[str, Any], source: str) -> list[dict[str, Any]]:
     return rows
 
 
-def load_hardware(profile: str | None = None, results: Path | None = None) -> pd.DataFrame:
+def load_hardware(profile: str | None = None, run_ids: Iterable[str] | None = None,
+                  results: Path | None = None) -> pd.DataFrame:
     """Every hardware measurement: ``results/hardware/*.json``, plus, for ``profile``,
-    the CPU timings of its own runs (the machine that ran the study)."""
+    the timings of its own runs (``run_ids`` only, when given) on the machine that ran
+    the study. A run's time per epoch is given on the device it was trained on only."""
     base = results or RESULTS
     rows: list[dict[str, Any]] = []
     hw = base / "hardware"
     for path in sorted(hw.glob("*.json")) if hw.is_dir() else []:
         rows.extend(hardware_rows(_read_json(path), path.name))
-    if profile is not None:
-        for paths in run_paths(profile, results):
-            if not paths.complete():
-                continue
-            config = yaml.safe_load(paths.config.read_text())
-            history = pd.read_csv(paths.history)
-            for key, t in _read_json(paths.timing).items():
-                rows.append({
-                    "machine": "study machine", "device": t.get("device"), "device_name": t.get("device_name"),
-                    "threads": t.get("threads"), "backbone": config["model"]["backbone"],
-                    "width": config["model"]["width"], "image_size": config["model"]["image_size"],
-                    "inference_ms": _nan(t["inference_ms"]["median"]),
-                    "prediction_ms": _nan(t["prediction_ms"]["median"]),
-                    "reference_prediction_ms": _nan((t.get("reference_prediction_ms") or {}).get("median")),
-                    "epoch_seconds": float(history["epoch_seconds"].median()) if len(history) else np.nan,
-                    "images_per_s_train": float(history["images_per_s"].median()) if len(history) else np.nan,
-                    "source": f"{profile}/{paths.root.name}",
-                })
+    wanted = None if run_ids is None else set(run_ids)
+    for paths in run_paths(profile, results) if profile is not None else []:
+        if not paths.complete() or (wanted is not None and paths.root.name not in wanted):
+            continue
+        config = yaml.safe_load(paths.config.read_text())
+        history = pd.read_csv(paths.history)
+        trained_on = str(_read_json(paths.provenance).get("device", "cpu")).split(":")[0]
+        for t in _read_json(paths.timing).values():
+            on_training_device = t.get("device") == trained_on and len(history)
+            rows.append({
+                "machine": "study machine", "device": t.get("device"), "device_name": t.get("device_name"),
+                "threads": t.get("threads"), "backbone": config["model"]["backbone"],
+                "width": config["model"]["width"], "image_size": config["model"]["image_size"],
+                "inference_ms": _nan(t["inference_ms"]["median"]),
+                "prediction_ms": _nan(t["prediction_ms"]["median"]),
+                "reference_prediction_ms": _nan((t.get("reference_prediction_ms") or {}).get("median")),
+                "epoch_seconds": float(history["epoch_seconds"].median()) if on_training_device else np.nan,
+                "images_per_s_train": float(history["images_per_s"].median()) if on_training_device else np.nan,
+                "source": f"{profile}/{paths.root.name}",
+            })
     return pd.DataFrame(rows)

@@ -37,12 +37,12 @@ from ssdstudy.config import (
     read_profile,
     read_yaml,
 )
-from ssdstudy.results import load_runs
+from ssdstudy.results import load_runs, run_label
 from ssdstudy.runs import RESULTS, RunPaths, write_config
 from ssdstudy.workspace import PROJECT
 
 #: Chapters executed after the experiments' own, in this order.
-EXTRA_CHAPTERS = ("conclusions",)
+EXTRA_CHAPTERS = ("default_boxes", "conclusions")
 #: Per-image training cost on a 2-core CPU at 300x300 (images/s), for --dry-run's estimate
 #: when no finished run of the backbone is there to measure it.
 TRAIN_SPEED_300 = {"vgg16": 1.9, "mobilenet_v1": 21.0}
@@ -176,8 +176,6 @@ def describe(plan: Plan) -> str:
     for exp in plan.experiments:
         lines.append(f"  experiment {exp.name}: {len(exp.runs)} runs")
     missing = set(plan.missing())
-    from ssdstudy.results import run_label
-
     for run_id, cfg in plan.runs.items():
         state = "to train" if run_id in missing else "found"
         ckpt = plan.paths(run_id).checkpoint
@@ -288,10 +286,10 @@ class Study:
         for old in dest.glob("*.ipynb"):
             if old.name not in wanted:
                 old.unlink()
-        for run_id in self.plan.runs:
+        for run_id, cfg in self.plan.runs.items():
             src = self.plan.paths(run_id).notebook
             if src.is_file():
-                shutil.copyfile(src, dest / f"{run_id}.ipynb")
+                titled_copy(src, dest / f"{run_id}.ipynb", f"Run {run_id}: {run_label(cfg.to_dict())}")
 
     def build_book(self, *, strict: bool = True) -> Path:
         exe = Path(sys.executable).with_name("jupyter-book")
@@ -313,6 +311,19 @@ class Study:
         lines = [f"{len(self.failures)} failed (the results made so far are kept; rerun to resume):"]
         lines += [f"  {f.what}: {f.error}\n    notebook: {f.notebook}" for f in self.failures]
         return "\n".join(lines)
+
+
+def titled_copy(src: Path, dest: Path, title: str) -> None:
+    """Copy a notebook, its first heading replaced by ``title`` (the book's page title)."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
+            lines = cell.source.lstrip().splitlines()
+            cell.source = "\n".join([f"# {title}", *lines[1:]])
+            break
+    nbformat.write(nb, dest)
 
 
 def _short(err: BaseException) -> str:

@@ -4,7 +4,8 @@ uninterrupted run.
 
 Reproducibility: every epoch re-seeds the global RNGs and the data-loader generator
 from ``(seed, epoch)``, so epoch ``k`` sees the same shuffling and augmentation whether
-it follows epoch ``k - 1`` in the same process or a resumed one. On the CPU the same
+it follows epoch ``k - 1`` in the same process or a resumed one; the checkpoint needs
+no RNG state and holds plain tensors and data only (it loads with ``weights_only``). On the CPU the same
 seed gives the same run; on a GPU non-deterministic kernels may differ slightly.
 """
 
@@ -129,11 +130,6 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
             "config": self.config.to_dict(),
             "run_id": self.config.run_id,
             "class_names": list(self.workspace.class_names),
@@ -151,7 +147,7 @@ class Trainer:
         """Load the last checkpoint of this run, if there is one; True when loaded."""
         if not self.paths.checkpoint.is_file():
             return False
-        state = torch.load(self.paths.checkpoint, map_location=self.device, weights_only=False)
+        state = torch.load(self.paths.checkpoint, map_location=self.device, weights_only=True)
         if state.get("run_id") != self.config.run_id:
             raise UserError(
                 f"{self.paths.checkpoint}: checkpoint of run {state.get('run_id')}, not of {self.config.run_id}"
@@ -159,9 +155,6 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
         self.epoch = int(state["epoch"])
         _truncate_history(self.paths.history, self.epoch)
         return True

@@ -1,0 +1,523 @@
+"""The original study's eight claims, checked against this project's results.
+
+Kunar et al. (TU Delft, 2020) drew eight conclusions from their experiments (see
+``STUDY.md``). Each function here takes the result frames of one experiment
+(:func:`ssdstudy.study.experiment_frame`, :func:`ssdstudy.results.load_hardware`),
+splits its claim into checks that the numbers can answer, and returns a
+:class:`Verdict`:
+
+* ``supported``: every check that could be made holds;
+* ``refuted``: none of them holds;
+* ``partly supported``: some hold, some do not;
+* ``cannot test``: the results needed are not there (an experiment not run yet, no
+  GPU measured, a size bin with no images...).
+
+The criteria are stated in each check's sentence, so the book shows both the verdict
+and the numbers behind it. They test the direction of each effect, not its size: the
+study's "greatly" and "slightly" have no threshold to reproduce, and results on the
+generated dataset are not comparable in magnitude with VOC's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "BOTTLENECK_SHARE",
+    "CLAIMS",
+    "SMALL_BINS",
+    "Check",
+    "Verdict",
+    "assess_all",
+    "claim_augmentation",
+    "claim_backbone",
+    "claim_gpu_cpu",
+    "claim_mining",
+    "claim_nms",
+    "claim_sizes",
+    "claim_training_devices",
+    "claim_width",
+    "combine_frames",
+    "select_hardware",
+    "verdict_table",
+]
+
+#: The original study's claims, in our words (numbered as in STUDY.md).
+CLAIMS: dict[int, str] = {
+    1: "VGG16-SSD is more accurate than MobileNet-SSD, but each prediction takes longer "
+       "(measured on a K80 GPU in the original).",
+    2: "Augmentation raises mAP a lot for both backbones, most of all for small objects; "
+       "without it an epoch of training takes less time.",
+    3: "Narrowing MobileNetV1 (a lower width multiplier) costs much accuracy and buys little "
+       "prediction speed.",
+    4: "On GPUs VGG16-SSD's inference is slightly faster than MobileNet-SSD's; on CPUs "
+       "MobileNet-SSD is the faster one.",
+    5: "Non-maximum suppression, which the original code runs on the CPU, is a bottleneck of "
+       "SSD's prediction time because of its many default boxes.",
+    6: "Without hard-negative mining mAP drops (to about 0.40 after 15 epochs), more for "
+       "MobileNet, and prediction takes longer; after 15 epochs with mining MobileNet-SSD "
+       "beats VGG16-SSD.",
+    7: "Small objects are the hardest for every model; VGG16 leads MobileNet most on small "
+       "objects; without augmentation MobileNet beats VGG16 on objects of 40-80 % of the image.",
+    8: "VGG16-SSD trains fastest on a P100 GPU, MobileNet-SSD on a T4.",
+}
+
+#: Bins of "small" objects: under 10 % of the image area.
+SMALL_BINS: tuple[str, ...] = ("0-5", "5-10")
+#: Bins of the claim on large objects (40-80 % of the image area).
+LARGE_BINS: tuple[str, ...] = ("40-60", "60-80")
+#: Post-processing is called a bottleneck when it takes at least this share of the
+#: prediction time (as long as the network's forward pass, or longer).
+BOTTLENECK_SHARE = 0.5
+
+_NAMES = {"vgg16": "VGG16", "mobilenet_v1": "MobileNetV1"}
+VGG, MOBILENET = "vgg16", "mobilenet_v1"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One testable part of a claim: a sentence, whether it holds (None: untestable),
+    and the numbers behind the answer."""
+
+    statement: str
+    holds: bool | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    number: int
+    checks: tuple[Check, ...]
+    note: str = ""
+
+    @property
+    def claim(self) -> str:
+        return CLAIMS[self.number]
+
+    @property
+    def tested(self) -> list[Check]:
+        return [c for c in self.checks if c.holds is not None]
+
+    @property
+    def status(self) -> str:
+        """``supported``, ``partly supported``, ``refuted`` or ``cannot test``."""
+        tested = self.tested
+        if not tested:
+            return "cannot test"
+        held = sum(bool(c.holds) for c in tested)
+        if held == len(tested):
+            return "supported"
+        return "refuted" if held == 0 else "partly supported"
+
+    def summary(self) -> str:
+        """``"2 of 3 checks hold, 1 untestable"``."""
+        tested = self.tested
+        if not tested:
+            return "no check could be made"
+        text = f"{sum(bool(c.holds) for c in tested)} of {len(tested)} checks hold"
+        untested = len(self.checks) - len(tested)
+        return text + (f", {untested} untestable" if untested else "")
+
+    def markdown(self) -> str:
+        """The verdict as a MyST/Markdown block: claim, verdict, one bullet per check."""
+        mark = {True: "holds", False: "does not hold", None: "cannot be tested"}
+        lines = [f"**Claim {self.number}.** {self.claim}", "",
+                 f"**Verdict: {self.status}** ({self.summary()}).", ""]
+        for c in self.checks:
+            detail = f": {c.detail}" if c.detail else ""
+            lines.append(f"- {c.statement}: *{mark[c.holds]}*{detail}.")
+        if self.note:
+            lines += ["", self.note]
+        return "\n".join(lines)
+
+
+# --- selecting rows ----------------------------------------------------------------------
+
+
+def _num(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(v) else v
+
+
+def _rows(df: pd.DataFrame, **equal: Any) -> pd.DataFrame:
+    if df is None or df.empty:
+        return pd.DataFrame()
+    out = df
+    for col, value in equal.items():
+        if col not in out.columns:
+            if col == "width" and value == 1.0:
+                continue
+            return pd.DataFrame()
+        out = out[out[col].fillna(1.0) == value] if col == "width" else out[out[col] == value]
+    return out
+
+
+def _mean(df: pd.DataFrame, col: str) -> float | None:
+    if df.empty or col not in df.columns:
+        return None
+    return _num(df[col].mean())
+
+
+def _run(df: pd.DataFrame, backbone: str, augment: str = "all", mining: str | None = "3:1",
+         width: float = 1.0) -> pd.DataFrame:
+    kw: dict[str, Any] = {"backbone": backbone, "augment": augment, "width": width}
+    if mining is not None:
+        kw["mining"] = mining
+    return _rows(df, **kw)
+
+
+def _missing(what: str) -> Check:
+    return Check(what, None, "no finished run to compare")
+
+
+def _device(df: pd.DataFrame) -> str:
+    if "device_name" in df.columns and df["device_name"].notna().any():
+        names = sorted({str(n) for n in df["device_name"].dropna() if str(n)})
+        if names:
+            return ", ".join(names)
+    return "the study machine"
+
+
+def _bin_values(row: pd.Series | None) -> dict[str, float]:
+    """Populated bins of one run: name -> mAP (bins with images and a number)."""
+    if row is None:
+        return {}
+    out = {}
+    for col in row.index:
+        if not (isinstance(col, str) and col.startswith("bin ")):
+            continue
+        name = col[4:]
+        images = _num(row.get(f"images {name}", 1))
+        value = _num(row[col])
+        if value is not None and (images is None or images > 0):
+            out[name] = value
+    return dict(sorted(out.items(), key=lambda kv: float(kv[0].split("-")[0])))
+
+
+def _first(df: pd.DataFrame) -> pd.Series | None:
+    if df.empty:
+        return None
+    return df.mean(numeric_only=True) if len(df) > 1 else df.iloc[0]
+
+
+# --- the claims -------------------------------------------------------------------------
+
+
+def claim_backbone(df: pd.DataFrame) -> Verdict:
+    """Claim 1 from the backbone experiment: baselines (augmentation on, 3:1 mining)."""
+    v, m = _run(df, VGG), _run(df, MOBILENET)
+    checks = []
+    for col, text, better in (("voc07_map", "VGG16-SSD has the higher mAP", "higher"),
+                              ("prediction_ms", "VGG16-SSD takes longer per prediction", "longer")):
+        a, b = _mean(v, col), _mean(m, col)
+        if a is None or b is None:
+            checks.append(_missing(text))
+            continue
+        if col == "prediction_ms":
+            detail = f"VGG16 {a:.3g} ms against MobileNetV1 {b:.3g} ms on {_device(pd.concat([v, m]))}"
+        else:
+            detail = f"VGG16 {a:.3f} against MobileNetV1 {b:.3f}"
+        checks.append(Check(text, a > b, detail))
+    return Verdict(1, tuple(checks))
+
+
+def _small_gain_check(name: str, on: pd.DataFrame, off: pd.DataFrame) -> Check:
+    """Is the mAP gain of ``on`` over ``off`` larger, on average, in the small bins?"""
+    text = f"for {name} the gain is largest on small objects (under 10 % of the image)"
+    if on.empty or off.empty:
+        return _missing(text)
+    with_aug, without = _bin_values(_first(on)), _bin_values(_first(off))
+    gains = {k: with_aug[k] - without[k] for k in with_aug.keys() & without.keys()}
+    small = [g for k, g in gains.items() if k in SMALL_BINS]
+    other = [g for k, g in gains.items() if k not in SMALL_BINS]
+    if not small or not other:
+        return Check(text, None, "no test images of small and of larger objects in both runs")
+    s, o = float(np.mean(small)), float(np.mean(other))
+    return Check(text, s > o, f"mean gain {s:+.3f} on small objects, {o:+.3f} on larger ones")
+
+
+def claim_augmentation(df: pd.DataFrame) -> Verdict:
+    """Claim 2 from runs with augmentation "all" and "none" (backbone experiment)."""
+    checks = []
+    for backbone in (VGG, MOBILENET):
+        name = _NAMES[backbone]
+        on, off = _run(df, backbone, "all"), _run(df, backbone, "none")
+        a, b = _mean(on, "voc07_map"), _mean(off, "voc07_map")
+        text = f"augmentation raises {name}'s mAP"
+        checks.append(_missing(text) if a is None or b is None
+                      else Check(text, a > b, f"{b:.3f} without, {a:.3f} with ({a - b:+.3f})"))
+        checks.append(_small_gain_check(name, on, off))
+        a, b = _mean(on, "epoch_seconds"), _mean(off, "epoch_seconds")
+        text = f"an epoch of {name} takes less time without augmentation"
+        checks.append(_missing(text) if a is None or b is None
+                      else Check(text, b < a, f"{b:.3g} s without, {a:.3g} s with"))
+    return Verdict(2, tuple(checks))
+
+
+def claim_width(df: pd.DataFrame) -> Verdict:
+    """Claim 3 from the width experiment: for each width below 1, the relative loss of
+    mAP against the relative saving of prediction time, both from width 1.0."""
+    checks = []
+    for augment in ("all", "none"):
+        rows = _rows(df, backbone=MOBILENET, augment=augment)
+        if rows.empty or "width" not in rows.columns:
+            continue
+        full = rows[rows["width"] == 1.0]
+        ref_map, ref_ms = _mean(full, "voc07_map"), _mean(full, "prediction_ms")
+        for width in sorted(w for w in rows["width"].unique() if w < 1.0):
+            text = (f"x{width:g} ({'with' if augment == 'all' else 'without'} augmentation) loses a larger "
+                    "share of mAP than it saves of prediction time")
+            sub = rows[rows["width"] == width]
+            m, t = _mean(sub, "voc07_map"), _mean(sub, "prediction_ms")
+            if None in (ref_map, ref_ms, m, t) or not ref_map or not ref_ms:
+                checks.append(Check(text, None, "no width-1.0 run to compare with"))
+                continue
+            loss, saving = 1 - m / ref_map, 1 - t / ref_ms
+            checks.append(Check(text, loss > saving,
+                                f"mAP {m:.3f} against {ref_map:.3f} ({-loss:+.0%}), "
+                                f"{t:.3g} ms against {ref_ms:.3g} ms ({-saving:+.0%})"))
+    if not checks:
+        checks.append(_missing("narrower MobileNets lose more accuracy than they gain in speed"))
+    return Verdict(3, tuple(checks))
+
+
+def _hardware_pairs(hw: pd.DataFrame, metric: str) -> list[tuple[str, str, float, float]]:
+    """(device kind, device text, VGG16 value, MobileNetV1 value) per measured device."""
+    rows = _rows(hw, width=1.0)
+    if rows.empty or metric not in rows.columns:
+        return []
+    rows = rows.dropna(subset=[metric]).copy()
+    if rows.empty:
+        return []
+    threads = rows["threads"] if "threads" in rows.columns else pd.Series(np.nan, index=rows.index)
+    rows["_text"] = [
+        f"{r.get('device_name') or r.get('device')}" + (f" ({int(t)} threads)" if r.get("device") == "cpu"
+                                                      and _num(t) is not None else "")
+        for (_, r), t in zip(rows.iterrows(), threads)
+    ]
+    out = []
+    for (kind, text), group in rows.groupby([rows["device"].fillna("?"), "_text"], sort=True):
+        v, m = _mean(group[group["backbone"] == VGG], metric), _mean(group[group["backbone"] == MOBILENET], metric)
+        if v is not None and m is not None:
+            out.append((str(kind), str(text), v, m))
+    return out
+
+
+def claim_gpu_cpu(hw: pd.DataFrame) -> Verdict:
+    """Claim 4 from hardware rows (inference time, width 1.0, per device)."""
+    checks = []
+    pairs = _hardware_pairs(hw, "inference_ms")
+    for kind, text, v, m in pairs:
+        gpu = kind != "cpu"
+        statement = f"on {text}, {'VGG16' if gpu else 'MobileNetV1'}-SSD's inference is faster"
+        checks.append(Check(statement, (v < m) if gpu else (m < v), f"VGG16 {v:.3g} ms, MobileNetV1 {m:.3g} ms"))
+    kinds = {k for k, *_ in pairs}
+    if not any(k != "cpu" for k in kinds):
+        checks.append(Check("on a GPU, VGG16-SSD's inference is faster", None, "no GPU was measured"))
+    if "cpu" not in kinds:
+        checks.append(Check("on a CPU, MobileNetV1-SSD's inference is faster", None, "no CPU was measured"))
+    return Verdict(4, tuple(checks))
+
+
+def claim_nms(df: pd.DataFrame, hw: pd.DataFrame | None = None) -> Verdict:
+    """Claim 5: with the original code's per-class NMS loop, post-processing takes at
+    least :data:`BOTTLENECK_SHARE` of the prediction time. Checked on every run of the
+    nms experiment (CPU) and every device of ``hw`` that measured the reference loop;
+    the vectorised path's share is reported in the note."""
+    checks, notes = [], []
+    for _, row in (df.iterrows() if df is not None and len(df) else iter(())):
+        name = _NAMES.get(row.get("backbone"), str(row.get("backbone")))
+        forward = _num(row.get("forward_ms", row.get("inference_ms")))
+        ref = _num(row.get("reference_prediction_ms"))
+        text = f"{name} on {row.get('device_name') or 'the study machine'}: the reference NMS loop takes at least half of prediction time"
+        if forward is None or ref is None or ref <= 0:
+            checks.append(Check(text, None, "no reference-loop timing"))
+            continue
+        share = max(0.0, ref - forward) / ref
+        checks.append(Check(text, share >= BOTTLENECK_SHARE, f"{share:.0%} of {ref:.3g} ms"))
+        pred, post = _num(row.get("prediction_ms")), _num(row.get("postprocess_ms"))
+        if pred and post is not None:
+            notes.append(f"{name}: {post / pred:.0%} of {pred:.3g} ms")
+    if hw is not None and len(hw):
+        rows = hw.dropna(subset=[c for c in ("reference_prediction_ms", "inference_ms") if c in hw.columns])
+        if "device" in rows.columns and {"reference_prediction_ms", "inference_ms"} <= set(rows.columns):
+            rows = rows[rows["device"] != "cpu"]
+            for (dev, backbone), group in rows.groupby(["device_name", "backbone"]):
+                ref, fwd = _mean(group, "reference_prediction_ms"), _mean(group, "inference_ms")
+                if ref is None or fwd is None or ref <= 0:
+                    continue
+                share = max(0.0, ref - fwd) / ref
+                checks.append(Check(
+                    f"{_NAMES.get(backbone, backbone)} on {dev}: the reference NMS loop takes at least half of prediction time",
+                    share >= BOTTLENECK_SHARE, f"{share:.0%} of {ref:.3g} ms"))
+    if not checks:
+        checks.append(_missing("the reference NMS loop takes at least half of prediction time"))
+    note = ("With the vectorised post-processing (one batched NMS call) the share after the forward pass is "
+            + "; ".join(notes) + ".") if notes else ""
+    return Verdict(5, tuple(checks), note)
+
+
+def claim_mining(df: pd.DataFrame) -> Verdict:
+    """Claim 6 from the mining experiment (3:1 against every negative)."""
+    checks = []
+    drops = {}
+    for backbone in (VGG, MOBILENET):
+        name = _NAMES[backbone]
+        on, off = _run(df, backbone, mining="3:1"), _run(df, backbone, mining="none")
+        a, b = _mean(on, "voc07_map"), _mean(off, "voc07_map")
+        text = f"without mining {name}'s mAP drops"
+        if a is None or b is None:
+            checks.append(_missing(text))
+        else:
+            drops[backbone] = a - b
+            checks.append(Check(text, b < a, f"{a:.3f} with 3:1 mining, {b:.3f} without"))
+        a, b = _mean(on, "prediction_ms"), _mean(off, "prediction_ms")
+        text = f"without mining {name}'s prediction takes longer"
+        checks.append(_missing(text) if a is None or b is None
+                      else Check(text, b > a, f"{a:.3g} ms with mining, {b:.3g} ms without"))
+    text = "the drop is larger for MobileNetV1"
+    checks.append(Check(text, drops[MOBILENET] > drops[VGG],
+                        f"{drops[MOBILENET]:.3f} against {drops[VGG]:.3f}")
+                  if len(drops) == 2 else _missing(text))
+    v, m = _mean(_run(df, VGG, mining="3:1"), "voc07_map"), _mean(_run(df, MOBILENET, mining="3:1"), "voc07_map")
+    text = "with mining on this schedule MobileNetV1-SSD beats VGG16-SSD"
+    epochs = _mean(df, "epochs") if df is not None else None
+    when = f" after {epochs:.0f} epochs" if epochs is not None else ""
+    checks.append(_missing(text) if v is None or m is None
+                  else Check(text, m > v, f"MobileNetV1 {m:.3f}, VGG16 {v:.3f}{when}"))
+    return Verdict(6, tuple(checks))
+
+
+def claim_sizes(df: pd.DataFrame) -> Verdict:
+    """Claim 7 from the sizes experiment (both backbones, augmentation on and off)."""
+    checks = []
+    if df is not None and len(df):
+        for _, row in df.iterrows():
+            values = _bin_values(row)
+            label = ", ".join(
+                [_NAMES.get(row.get("backbone"), str(row.get("backbone")))]
+                + (["no augmentation"] if row.get("augment") == "none" else [])
+            )
+            text = f"{label}: the smallest populated bin has the lowest mAP"
+            if len(values) < 2:
+                checks.append(Check(text, None, "fewer than two populated bins"))
+                continue
+            smallest = next(iter(values))
+            worst = min(values, key=values.get)
+            detail = f"{smallest} %: {values[smallest]:.3f}"
+            detail += (f", the lowest of {len(values)} bins" if values[smallest] <= values[worst]
+                       else f"; lowest: {worst} %: {values[worst]:.3f}")
+            checks.append(Check(text, values[smallest] <= values[worst], detail))
+    for augment, which in (("all", "with augmentation"),):
+        v, m = _bin_values(_first(_run(df, VGG, augment))), _bin_values(_first(_run(df, MOBILENET, augment)))
+        lead = {k: v[k] - m[k] for k in v.keys() & m.keys()}
+        text = f"{which}, VGG16's lead over MobileNetV1 is largest on small objects (under 10 %)"
+        if not lead or not any(k in SMALL_BINS for k in lead):
+            checks.append(Check(text, None, "no small objects measured for both backbones"))
+        else:
+            best = max(lead, key=lead.get)
+            checks.append(Check(text, best in SMALL_BINS,
+                                "largest lead " + f"{lead[best]:+.3f} in bin {best} %; "
+                                + ", ".join(f"{k} %: {lead[k]:+.3f}" for k in sorted(lead, key=lambda s: float(s.split('-')[0])))))
+    v, m = _bin_values(_first(_run(df, VGG, "none"))), _bin_values(_first(_run(df, MOBILENET, "none")))
+    common = [k for k in LARGE_BINS if k in v and k in m]
+    text = "without augmentation MobileNetV1 beats VGG16 on objects of 40-80 % of the image"
+    if not common:
+        checks.append(Check(text, None, "no objects of 40-80 % measured for both backbones without augmentation"))
+    else:
+        a, b = float(np.mean([m[k] for k in common])), float(np.mean([v[k] for k in common]))
+        checks.append(Check(text, a > b, f"mean mAP over bins {', '.join(common)}: MobileNetV1 {a:.3f}, VGG16 {b:.3f}"))
+    return Verdict(7, tuple(checks))
+
+
+_FASTEST = {VGG: ("P100", re.compile(r"P100")), MOBILENET: ("T4", re.compile(r"\bT4\b"))}
+
+
+def claim_training_devices(hw: pd.DataFrame) -> Verdict:
+    """Claim 8 from hardware rows: the GPU with the shortest epoch, per backbone (at least
+    two GPUs must have been measured, one of them the GPU the claim names)."""
+    checks = []
+    rows = _rows(hw, width=1.0)
+    if not rows.empty and {"epoch_seconds", "device", "backbone"} <= set(rows.columns):
+        rows = rows[(rows["device"] != "cpu")].dropna(subset=["epoch_seconds"])
+    for backbone, (gpu, pattern) in _FASTEST.items():
+        text = f"{_NAMES[backbone]}-SSD trains fastest on a {gpu}"
+        sub = rows[rows["backbone"] == backbone] if not rows.empty else rows
+        if sub.empty:
+            checks.append(Check(text, None, "no GPU training time measured"))
+            continue
+        times = sub.groupby("device_name")["epoch_seconds"].mean().sort_values()
+        fastest = str(times.index[0])
+        if len(times) < 2:
+            checks.append(Check(text, None, f"only one GPU measured ({fastest}, {times.iloc[0]:.3g} s)"))
+            continue
+        if not any(pattern.search(str(n)) for n in times.index):
+            checks.append(Check(text, None, f"no {gpu} measured; fastest measured: {fastest} ({times.iloc[0]:.3g} s)"))
+            continue
+        checks.append(Check(text, bool(pattern.search(fastest)),
+                            "; ".join(f"{n}: {s:.3g} s" for n, s in times.items())))
+    return Verdict(8, tuple(checks))
+
+
+# --- all of them ----------------------------------------------------------------------------
+
+
+def combine_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Rows of several experiments, each run once (experiments share runs)."""
+    frames = [f for f in frames if f is not None and len(f)]
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    return out.drop_duplicates("run_id") if "run_id" in out.columns else out
+
+
+def assess_all(frames: Mapping[str, pd.DataFrame], hardware: pd.DataFrame | None = None) -> list[Verdict]:
+    """The eight verdicts, from the frames of the experiments by name (``backbone``,
+    ``width``, ``augmentation``, ``mining``, ``sizes``, ``hardware``, ``nms``; missing
+    ones count as empty) and the hardware table."""
+    empty = pd.DataFrame()
+
+    def get(name: str) -> pd.DataFrame:
+        return frames.get(name, empty)
+
+    hw = hardware if hardware is not None else empty
+    return [
+        claim_backbone(get("backbone")),
+        claim_augmentation(combine_frames([get("backbone"), get("sizes"), get("augmentation")])),
+        claim_width(get("width")),
+        claim_gpu_cpu(hw),
+        claim_nms(get("nms"), hw),
+        claim_mining(get("mining")),
+        claim_sizes(get("sizes")),
+        claim_training_devices(hw),
+    ]
+
+
+def verdict_table(verdicts: Sequence[Verdict]) -> pd.DataFrame:
+    """One row per claim: its number, the claim, the verdict and how many checks hold."""
+    return pd.DataFrame(
+        {"claim": [v.claim for v in verdicts], "verdict": [v.status for v in verdicts],
+         "checks": [v.summary() for v in verdicts]},
+        index=pd.Index([v.number for v in verdicts], name="#"),
+    )
+
+
+def select_hardware(hw: pd.DataFrame, profile: str, run_ids: Sequence[str]) -> pd.DataFrame:
+    """Hardware rows from other machines' files, plus the study machine's rows of only
+    ``run_ids`` (``load_hardware(profile)`` adds a row per device for every run of the
+    profile; an experiment compares its own runs)."""
+    if hw is None or hw.empty or "source" not in hw.columns:
+        return hw if hw is not None else pd.DataFrame()
+    source = hw["source"].astype(str)
+    own = source.str.startswith(f"{profile}/")
+    keep = ~own | source.isin([f"{profile}/{r}" for r in run_ids])
+    return hw[keep].reset_index(drop=True)

@@ -1,0 +1,984 @@
+"""The book's figures and tables, drawn from the frames of :mod:`ssdstudy.results`.
+
+Every function takes plain data (a pandas DataFrame with the columns of
+:func:`ssdstudy.results.load_runs` or :func:`ssdstudy.results.load_hardware`, or numpy
+images) and returns a :class:`matplotlib.figure.Figure` (or a DataFrame for tables). No
+function reads or writes files or touches pyplot's global figure list: figures are
+made with :class:`~matplotlib.figure.Figure` directly and styled inside a temporary
+``rc_context``, so a notebook shows each figure once (``%matplotlib inline`` renders a
+figure that a cell returns) and tests can make hundreds without leaking memory.
+
+One visual language throughout: colour names the backbone, the marker (or the bar's
+hatch) names the augmentation setting, and widths of MobileNetV1 are written beside
+the points (``x0.5``). A frame with no usable rows gives a figure that says so instead
+of raising, so a chapter over an unfinished study still builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
+
+__all__ = [
+    "BACKBONE_LABELS",
+    "PriorMap",
+    "ap_table",
+    "augment_marker",
+    "augmentation_ablation",
+    "augmentation_grid",
+    "backbone_color",
+    "backbone_label",
+    "detection_grid",
+    "device_times",
+    "draw_detections",
+    "draw_priors",
+    "map_vs_prediction_time",
+    "mining_figure",
+    "mining_table",
+    "nms_split",
+    "nms_table",
+    "prior_layout",
+    "prior_table",
+    "short_label",
+    "size_bins",
+    "timing_table",
+    "to_uint8_image",
+    "training_curves",
+]
+
+# --- the visual language ---------------------------------------------------------------
+
+BACKBONE_LABELS: dict[str, str] = {"vgg16": "VGG16", "mobilenet_v1": "MobileNetV1"}
+_PALETTE = sns.color_palette("colorblind", 10).as_hex()
+_BACKBONE_COLORS: dict[str, str] = {"vgg16": _PALETTE[3], "mobilenet_v1": _PALETTE[0]}
+_OTHER_COLORS = [_PALETTE[i] for i in (2, 4, 1, 5, 6, 7, 8, 9)]
+
+#: Augmentation settings in the order the book lists them, with their markers.
+AUGMENT_ORDER: tuple[str, ...] = ("all", "none", "no photometric", "no expand", "no crop", "no mirror")
+_AUGMENT_MARKERS: dict[str, str] = {
+    "all": "o", "none": "X", "no photometric": "s", "no expand": "^", "no crop": "v", "no mirror": "D",
+}
+_OTHER_MARKERS = ("P", "*", "h", "<", ">", "p", "d")
+
+_METRIC_LABELS: dict[str, str] = {
+    "epoch_seconds": "training time per epoch (s)",
+    "prediction_ms": "prediction time per image (ms, median, batch 1)",
+    "inference_ms": "inference time per image (ms, median, batch 1)",
+    "reference_prediction_ms": "prediction time, reference NMS loop (ms, median)",
+}
+MAP_LABEL = "mAP (VOC07 11-point)"
+
+_RC = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    """The book's style for the figures made inside the block (rcParams restored after)."""
+    with sns.axes_style("whitegrid"), mpl.rc_context(_RC):
+        yield
+
+
+def _figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, Any]:
+    """A free-standing figure (not registered with pyplot) and its axes."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def backbone_label(name: str) -> str:
+    """``"mobilenet_v1"`` -> ``"MobileNetV1"``; unknown names are returned as they are."""
+    return BACKBONE_LABELS.get(name, str(name))
+
+
+def backbone_color(name: str) -> str:
+    """The colour of a backbone (a stable colour for names the study does not know)."""
+    if name in _BACKBONE_COLORS:
+        return _BACKBONE_COLORS[name]
+    return _OTHER_COLORS[sum(map(ord, str(name))) % len(_OTHER_COLORS)]
+
+
+def augment_marker(setting: str) -> str:
+    """The marker of an augmentation setting ("all", "none", "no crop", ...)."""
+    if setting in _AUGMENT_MARKERS:
+        return _AUGMENT_MARKERS[setting]
+    return _OTHER_MARKERS[sum(map(ord, str(setting))) % len(_OTHER_MARKERS)]
+
+
+def _augment_rank(setting: str) -> tuple[int, str]:
+    return (AUGMENT_ORDER.index(setting) if setting in AUGMENT_ORDER else len(AUGMENT_ORDER), str(setting))
+
+
+def _backbone_rank(name: str) -> tuple[int, str]:
+    order = list(BACKBONE_LABELS)
+    return (order.index(name) if name in order else len(order), str(name))
+
+
+def _get(row: Mapping[str, Any] | pd.Series, key: str, default: Any = None) -> Any:
+    value = row.get(key, default)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return default
+    return value
+
+
+def _width_text(width: Any) -> str:
+    try:
+        w = float(width)
+    except (TypeError, ValueError):
+        return ""
+    return "" if np.isnan(w) or w == 1.0 else f" x{w:g}"
+
+
+def short_label(row: Mapping[str, Any] | pd.Series) -> str:
+    """A compact label of a run: ``"MobileNetV1 x0.5, no aug, no mining"``.
+
+    Uses the columns ``backbone``, ``width``, ``augment`` and ``mining`` when present
+    (the baseline settings, augmentation "all" and mining "3:1", are not written);
+    falls back on ``label``.
+    """
+    backbone = _get(row, "backbone")
+    if backbone is None:
+        return str(_get(row, "label", "run"))
+    parts = [backbone_label(backbone) + _width_text(_get(row, "width", 1.0))]
+    augment = _get(row, "augment", "all")
+    if augment == "none":
+        parts.append("no aug")
+    elif augment != "all":
+        parts.append(str(augment))
+    mining = _get(row, "mining", "3:1")
+    if mining == "none":
+        parts.append("no mining")
+    elif mining != "3:1":
+        parts.append(f"mining {mining}")
+    return ", ".join(parts)
+
+
+def _fmt(value: float) -> str:
+    """A time for a bar label: ``1,234``, ``56.7``, ``8.9``, ``0.12``."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if abs(value) >= 1 else f"{value:.2g}"
+
+
+def _empty(ax: Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing and len(df):
+        raise KeyError(f"{where}: the frame lacks column(s) {', '.join(missing)}")
+
+
+def _lighten(color: str, amount: float) -> tuple[float, float, float]:
+    """Mix ``color`` with white (amount 0: unchanged, 1: white)."""
+    r, g, b = mpl.colors.to_rgb(color)
+    return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
+
+
+def _series_colors(df: pd.DataFrame) -> list[tuple[float, float, float]]:
+    """One colour per row: the backbone's colour, lighter for each further row of it."""
+    seen: dict[str, int] = {}
+    colors = []
+    for _, row in df.iterrows():
+        b = _get(row, "backbone", "")
+        k = seen.get(b, 0)
+        seen[b] = k + 1
+        colors.append(_lighten(backbone_color(b), min(0.6, 0.22 * k)))
+    return colors
+
+
+def _hatch(augment: Any) -> str:
+    return "" if augment in (None, "all") else ("//" if augment == "none" else "..")
+
+
+# --- fig. 9: accuracy against speed ------------------------------------------------------
+
+
+def map_vs_prediction_time(
+    df: pd.DataFrame,
+    *,
+    x: str = "prediction_ms",
+    y: str = "voc07_map",
+    log_x: bool = False,
+    title: str | None = None,
+) -> Figure:
+    """mAP against prediction time, one point per run (the study's fig. 9).
+
+    Colour: backbone; marker: augmentation setting; every point labelled with
+    :func:`short_label`. Runs of one backbone that differ only in width are joined by a
+    thin line in order of width.
+
+    Args:
+        df: rows of :func:`ssdstudy.results.load_runs` (columns ``backbone``, ``width``,
+            ``augment``, ``mining``, ``x`` and ``y``).
+    """
+    _require(df, ["backbone", x, y], "map_vs_prediction_time")
+    with _style():
+        fig, axes = _figure(figsize=(7.0, 4.6))
+        ax = axes[0, 0]
+        data = df.dropna(subset=[x, y]) if len(df) else df
+        if data.empty:
+            _empty(ax, "no finished runs to plot")
+            return fig
+        data = data.copy()
+        for col, default in (("width", 1.0), ("augment", "all"), ("mining", "3:1")):
+            if col not in data.columns:
+                data[col] = default
+        # width series: same backbone, augmentation and mining, several widths
+        for _, group in data.groupby(["backbone", "augment", "mining"], sort=False):
+            if group["width"].nunique() > 1:
+                g = group.sort_values("width")
+                ax.plot(g[x], g[y], color=backbone_color(g["backbone"].iloc[0]), lw=1, alpha=0.5, zorder=2)
+        for _, row in data.iterrows():
+            ax.scatter(
+                [row[x]], [row[y]], s=64, color=backbone_color(row["backbone"]),
+                marker=augment_marker(row["augment"]), edgecolor="black", linewidth=0.6, zorder=3,
+            )
+            ax.annotate(short_label(row), (row[x], row[y]), xytext=(5, 4), textcoords="offset points", fontsize=7)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(_METRIC_LABELS.get(x, x))
+        ax.set_ylabel(MAP_LABEL if y == "voc07_map" else y)
+        ax.margins(x=0.15, y=0.12)
+        backbones = sorted(data["backbone"].unique(), key=_backbone_rank)
+        augments = sorted(data["augment"].unique(), key=_augment_rank)
+        first = ax.legend(
+            handles=[Patch(color=backbone_color(b), label=backbone_label(b)) for b in backbones],
+            title="backbone", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+        )
+        ax.add_artist(first)
+        ax.legend(
+            handles=[Line2D([], [], ls="", marker=augment_marker(a), color="0.35", label=str(a)) for a in augments],
+            title="augmentation", loc="lower left", bbox_to_anchor=(1.01, 0.0),
+        )
+        if title:
+            ax.set_title(title)
+    return fig
+
+
+# --- figs. 10-12: devices ------------------------------------------------------------------
+
+
+def _device_label(row: Mapping[str, Any] | pd.Series) -> str:
+    name = str(_get(row, "device_name", "") or _get(row, "device", "device"))
+    threads = _get(row, "threads")
+    if _get(row, "device") == "cpu" and threads is not None:
+        name += f" ({int(threads)} threads)"
+    return name
+
+
+def device_times(hw_df: pd.DataFrame, metric: str = "prediction_ms", *, log: bool | None = None) -> Figure:
+    """Grouped horizontal bars: one group per device, one bar per backbone (figs. 10-12).
+
+    Args:
+        hw_df: rows of :func:`ssdstudy.results.load_hardware` (``device``,
+            ``device_name``, ``threads``, ``backbone``, ``width`` and ``metric``).
+            Several rows of one (device, backbone) are averaged; rows without the
+            metric (NaN) are left out.
+        metric: ``"epoch_seconds"``, ``"prediction_ms"``, ``"inference_ms"`` or
+            ``"reference_prediction_ms"``.
+        log: a logarithmic time axis; None (default) chooses one when the largest
+            value is more than 30 times the smallest (CPUs against GPUs).
+    """
+    if metric not in _METRIC_LABELS:
+        raise ValueError(f"device_times: unknown metric {metric!r} (use {', '.join(_METRIC_LABELS)})")
+    _require(hw_df, ["backbone", metric], "device_times")
+    data = hw_df.dropna(subset=[metric]) if len(hw_df) else hw_df
+    n_devices, n_series = 1, 1
+    if not data.empty:
+        data = data.copy()
+        data["_device"] = [_device_label(r) for _, r in data.iterrows()]
+        data["_gpu"] = [0 if _get(r, "device", "cpu") == "cpu" else 1 for _, r in data.iterrows()]
+        data["_series"] = [backbone_label(r["backbone"]) + _width_text(_get(r, "width", 1.0)) for _, r in data.iterrows()]
+        n_devices, n_series = data["_device"].nunique(), data["_series"].nunique()
+    with _style():
+        fig, axes = _figure(figsize=(7.0, 1.0 + 0.3 * n_devices * (n_series + 0.5)))
+        ax = axes[0, 0]
+        if data.empty:
+            _empty(ax, f"no measurements of {metric}")
+            return fig
+        devices = (
+            data.groupby("_device")["_gpu"].first().reset_index().sort_values(["_gpu", "_device"])["_device"].tolist()
+        )
+        series_rows = data.drop_duplicates("_series").assign(_rank=lambda d: [_backbone_rank(b) for b in d["backbone"]])
+        series_rows = series_rows.sort_values(["_rank", "width"] if "width" in series_rows else ["_rank"])
+        series = series_rows["_series"].tolist()
+        table = data.pivot_table(index="_device", columns="_series", values=metric, aggfunc="mean")
+        height = 0.8 / len(series)
+        colors = _series_colors(series_rows)
+        for j, (name, color) in enumerate(zip(series, colors)):
+            for i, device in enumerate(devices):
+                value = table.at[device, name] if name in table.columns and device in table.index else np.nan
+                if pd.isna(value):
+                    continue
+                y = i - 0.4 + height * (j + 0.5)
+                ax.barh(y, value, height=height * 0.92, color=color)
+                ax.annotate(_fmt(value), (value, y), xytext=(3, 0), textcoords="offset points",
+                            va="center", fontsize=7)
+        ax.set_yticks(range(len(devices)), devices)
+        ax.invert_yaxis()
+        ax.set_xlabel(_METRIC_LABELS[metric])
+        values = table.to_numpy(dtype=float)
+        values = values[np.isfinite(values) & (values > 0)]
+        if log is None:
+            log = bool(len(values)) and values.max() > 30 * values.min()
+        if log:
+            ax.set_xscale("log")
+        ax.margins(x=0.12)
+        ax.legend(handles=[Patch(color=c, label=s) for s, c in zip(series, colors)], title="backbone",
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+# --- fig. 12 (sizes) ------------------------------------------------------------------------
+
+
+def _bin_columns(df: pd.DataFrame) -> list[str]:
+    """The ``"bin <lo>-<hi>"`` columns, in order of their lower edge."""
+    cols = [c for c in df.columns if isinstance(c, str) and re.fullmatch(r"bin \d+(\.\d+)?-\d+(\.\d+)?", c)]
+    return sorted(cols, key=lambda c: float(c[4:].split("-")[0]))
+
+
+def size_bins(df: pd.DataFrame) -> Figure:
+    """mAP per object-size bin, one bar per run (the study's fig. 12 on sizes).
+
+    Bins are the frame's ``"bin 0-5"`` ... ``"bin 80-100"`` columns in order of size;
+    the tick labels give the number of test images in each bin (``"images 0-5"``...).
+    Colour: backbone; hatching: augmentation off (``//``) or partial (``..``).
+    """
+    bins = _bin_columns(df)
+    with _style():
+        fig, axes = _figure(figsize=(7.5, 3.8))
+        ax = axes[0, 0]
+        if df.empty or not bins:
+            _empty(ax, "no per-bin results to plot")
+            return fig
+        rows = df.reset_index(drop=True)
+        labels = [short_label(r) for _, r in rows.iterrows()]
+        colors = _series_colors(rows)
+        width = 0.8 / len(rows)
+        for j, (_, row) in enumerate(rows.iterrows()):
+            for i, col in enumerate(bins):
+                value = row[col]
+                if pd.isna(value):
+                    continue
+                ax.bar(i - 0.4 + width * (j + 0.5), value, width=width * 0.92, color=colors[j],
+                       hatch=_hatch(_get(row, "augment", "all")), edgecolor="white", linewidth=0.4)
+        ticks = []
+        for col in bins:
+            name = col[4:]
+            count_col = f"images {name}"
+            if count_col in rows.columns:
+                counts = rows[count_col].dropna().astype(int)
+                lo, hi = (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)
+                n = f"{lo}" if lo == hi else f"{lo}-{hi}"
+                ticks.append(f"{name} %\n{n} images")
+            else:
+                ticks.append(f"{name} %")
+        ax.set_xticks(range(len(bins)), ticks)
+        ax.set_xlabel("object area / image area (all objects of an image in the bin)")
+        ax.set_ylabel(MAP_LABEL)
+        ax.set_ylim(0, max(1e-3, float(np.nanmax(rows[bins].to_numpy(dtype=float)) if rows[bins].notna().any().any() else 1.0)) * 1.12)
+        handles = [Patch(facecolor=c, hatch=_hatch(_get(r, "augment", "all")), edgecolor="white", label=lab)
+                   for c, lab, (_, r) in zip(colors, labels, rows.iterrows())]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+# --- table 1: hard-negative mining -------------------------------------------------------------
+
+
+def _mining_order(values: Sequence[str]) -> list[str]:
+    return sorted(set(values), key=lambda m: (m == "none", str(m)))
+
+
+def _mining_text(m: str) -> str:
+    return "no mining" if m == "none" else f"mining {m}"
+
+
+def mining_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The study's table 1: mAP and prediction time with and without mining, per backbone.
+
+    Returns a frame indexed by backbone (display names, VGG16 first) with the columns
+    ``"mAP, mining 3:1"``, ``"mAP, no mining"``, ``"prediction ms, mining 3:1"``,
+    ``"prediction ms, no mining"`` (one pair per mining setting present; rows of one
+    backbone and setting averaged). Empty when ``df`` is.
+    """
+    if df.empty:
+        return pd.DataFrame()
+    _require(df, ["backbone", "mining", "voc07_map", "prediction_ms"], "mining_table")
+    settings = _mining_order(df["mining"].astype(str).tolist())
+    backbones = sorted(df["backbone"].unique(), key=_backbone_rank)
+    means = df.groupby(["backbone", "mining"])[["voc07_map", "prediction_ms"]].mean()
+    out = pd.DataFrame(index=pd.Index([backbone_label(b) for b in backbones], name="backbone"))
+    for metric, text in (("voc07_map", "mAP"), ("prediction_ms", "prediction ms")):
+        for m in settings:
+            out[f"{text}, {_mining_text(m)}"] = [
+                means.at[(b, m), metric] if (b, m) in means.index else np.nan for b in backbones
+            ]
+    return out
+
+
+def mining_figure(df: pd.DataFrame) -> Figure:
+    """Two panels, mAP and prediction time, bars per backbone with and without mining.
+
+    Colour: backbone; hatching: no mining.
+    """
+    table = mining_table(df)
+    with _style():
+        fig, axes = _figure(1, 2, figsize=(7.5, 3.2))
+        if table.empty:
+            for ax in axes[0]:
+                _empty(ax, "no finished runs")
+            return fig
+        settings = _mining_order(df["mining"].astype(str).tolist())
+        backbones = sorted(df["backbone"].unique(), key=_backbone_rank)
+        width = 0.8 / len(settings)
+        for ax, (metric, ylabel) in zip(axes[0], (("mAP", MAP_LABEL), ("prediction ms", "prediction time per image (ms)"))):
+            for j, m in enumerate(settings):
+                col = f"{metric}, {_mining_text(m)}"
+                for i, b in enumerate(backbones):
+                    value = table.at[backbone_label(b), col]
+                    if pd.isna(value):
+                        continue
+                    x = i - 0.4 + width * (j + 0.5)
+                    ax.bar(x, value, width=width * 0.92, color=backbone_color(b),
+                           hatch="//" if m == "none" else "", edgecolor="white", linewidth=0.4)
+                    ax.annotate(f"{value:.3f}" if metric == "mAP" else _fmt(value), (x, value), xytext=(0, 2),
+                                textcoords="offset points", ha="center", fontsize=7)
+            ax.set_xticks(range(len(backbones)), [backbone_label(b) for b in backbones])
+            ax.set_ylabel(ylabel)
+            ax.margins(y=0.15)
+        axes[0, 1].legend(
+            handles=[Patch(facecolor="0.6", hatch="//" if m == "none" else "", edgecolor="white", label=_mining_text(m))
+                     for m in settings], loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+# --- the NMS bottleneck -----------------------------------------------------------------------
+
+
+def _nms_stages(row: Mapping[str, Any] | pd.Series) -> dict[str, dict[str, float]]:
+    """Stage times (ms) of the two post-processing paths of one run.
+
+    The vectorised path: ``forward_ms`` then ``decode_ms`` and ``nms_ms`` when the frame
+    has them, else ``postprocess_ms``. The reference loop: ``forward_ms`` then
+    ``reference_decode_ms`` and ``reference_nms_ms``, else ``reference_postprocess_ms``,
+    else ``reference_prediction_ms - forward_ms`` (medians of separate measurements, so
+    a difference of medians; clipped at 0).
+    """
+    forward = _get(row, "forward_ms", _get(row, "inference_ms"))
+    out: dict[str, dict[str, float]] = {}
+    if forward is None:
+        return out
+    if _get(row, "decode_ms") is not None and _get(row, "nms_ms") is not None:
+        out["vectorised"] = {"forward": forward, "decoding": row["decode_ms"], "NMS": row["nms_ms"]}
+    elif _get(row, "postprocess_ms") is not None:
+        out["vectorised"] = {"forward": forward, "post-processing": row["postprocess_ms"]}
+    if _get(row, "reference_decode_ms") is not None and _get(row, "reference_nms_ms") is not None:
+        out["reference loop"] = {"forward": forward, "decoding": row["reference_decode_ms"],
+                                 "NMS": row["reference_nms_ms"]}
+    elif _get(row, "reference_postprocess_ms") is not None:
+        out["reference loop"] = {"forward": forward, "post-processing": row["reference_postprocess_ms"]}
+    elif _get(row, "reference_prediction_ms") is not None:
+        out["reference loop"] = {"forward": forward,
+                                 "post-processing": max(0.0, row["reference_prediction_ms"] - forward)}
+    return out
+
+
+_STAGE_COLORS = {"decoding": "0.72", "NMS": "0.35", "post-processing": "0.5"}
+
+
+def nms_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per run and path: the stage times (ms), their total and the share after the forward pass.
+
+    Columns: ``run``, ``path`` ("vectorised", "reference loop"), ``forward``, the
+    post-processing stages present (``decoding`` and ``NMS``, or ``post-processing``),
+    ``total``, ``post-processing share`` (fraction of the total spent after the forward
+    pass).
+    """
+    records = []
+    for _, row in df.iterrows():
+        for path, stages in _nms_stages(row).items():
+            total = float(sum(stages.values()))
+            rec: dict[str, Any] = {"run": short_label(row), "path": path, **stages, "total": total}
+            rec["post-processing share"] = (total - stages["forward"]) / total if total > 0 else np.nan
+            records.append(rec)
+    return pd.DataFrame(records)
+
+
+def nms_split(df: pd.DataFrame) -> Figure:
+    """Prediction time split into stages, vectorised path against the reference loop.
+
+    One stacked horizontal bar per (run, path): the forward pass in the backbone's
+    colour, then decoding and NMS (or post-processing as one stage) in greys; the total
+    is written at the end of each bar. Columns read: see :func:`nms_table`.
+    """
+    with _style():
+        rows = [(r, _nms_stages(r)) for _, r in df.iterrows()] if len(df) else []
+        bars = [(r, path, stages) for r, paths in rows for path, stages in paths.items()]
+        fig, axes = _figure(figsize=(7.5, 1.0 + 0.45 * max(1, len(bars))))
+        ax = axes[0, 0]
+        if not bars:
+            _empty(ax, "no stage timings to plot")
+            return fig
+        used: dict[str, Any] = {}
+        for i, (row, path, stages) in enumerate(bars):
+            left = 0.0
+            for stage, ms in stages.items():
+                color = backbone_color(row["backbone"]) if stage == "forward" else _STAGE_COLORS[stage]
+                ax.barh(i, ms, left=left, height=0.7, color=color, edgecolor="white", linewidth=0.4,
+                        hatch="//" if path == "reference loop" and stage != "forward" else "")
+                used.setdefault(stage if stage != "forward" else "forward pass", color if stage != "forward" else "0.85")
+                left += ms
+            ax.annotate(f"{_fmt(left)} ms", (left, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_yticks(range(len(bars)), [f"{short_label(r)}: {p}" for r, p, _ in bars])
+        ax.invert_yaxis()
+        ax.set_xlabel("time per image (ms, medians, batch 1)")
+        ax.margins(x=0.12)
+        handles = [Patch(facecolor=c, edgecolor="0.5", label=s) for s, c in used.items()]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  title="forward: backbone colour")
+    return fig
+
+
+# --- augmentation ablation ----------------------------------------------------------------------
+
+
+def augmentation_ablation(df: pd.DataFrame) -> Figure:
+    """mAP with all augmentation steps, none, and each step left out in turn.
+
+    One horizontal bar per (backbone, setting), settings in the order all, none, no
+    photometric, no expand, no crop, no mirror (other combinations after); each bar is
+    labelled with its mAP and its difference from "all" of the same backbone, which is
+    also drawn as a dashed line.
+    """
+    _require(df, ["backbone", "augment", "voc07_map"], "augmentation_ablation")
+    data = df.dropna(subset=["voc07_map"]) if len(df) else df
+    with _style():
+        n = 1 if data.empty else len(data.groupby(["backbone", "augment"]))
+        fig, axes = _figure(figsize=(7.0, 1.0 + 0.38 * n))
+        ax = axes[0, 0]
+        if data.empty:
+            _empty(ax, "no finished runs to plot")
+            return fig
+        means = data.groupby(["backbone", "augment"])["voc07_map"].mean()
+        backbones = sorted(data["backbone"].unique(), key=_backbone_rank)
+        settings = sorted(data["augment"].unique(), key=_augment_rank)
+        y = 0
+        ticks, labels = [], []
+        for b in backbones:
+            base = means.get((b, "all"), np.nan)
+            start = y
+            for s in settings:
+                if (b, s) not in means.index:
+                    continue
+                value = means[(b, s)]
+                ax.barh(y, value, height=0.7, color=backbone_color(b), hatch=_hatch(s), edgecolor="white",
+                        linewidth=0.4)
+                text = f"{value:.3f}"
+                if not pd.isna(base) and s != "all":
+                    text += f" ({value - base:+.3f})"
+                ax.annotate(text, (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+                ticks.append(y)
+                labels.append(f"{backbone_label(b)}: {s}" if len(backbones) > 1 else str(s))
+                y += 1
+            if not pd.isna(base):
+                ax.plot([base, base], [start - 0.45, y - 0.55], ls="--", lw=1, color="0.3")
+            y += 0.5
+        ax.set_yticks(ticks, labels)
+        ax.invert_yaxis()
+        ax.set_xlabel(MAP_LABEL)
+        ax.margins(x=0.2)
+    return fig
+
+
+# --- training curves -------------------------------------------------------------------------
+
+
+def training_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
+    """Loss and validation mAP per epoch, one colour per run.
+
+    Args:
+        histories: run label -> history frame (``epoch``, ``loss``, optionally
+            ``loc_loss``, ``cls_loss`` and ``val_voc07_map``; NaN where not measured).
+            With a single run its localisation and classification losses are drawn
+            too (dashed and dotted).
+    """
+    with _style():
+        fig, axes = _figure(1, 2, figsize=(8.0, 3.2))
+        ax_loss, ax_map = axes[0]
+        usable = {k: h for k, h in histories.items() if len(h) and "epoch" in h and "loss" in h}
+        if not usable:
+            _empty(ax_loss, "no training history")
+            _empty(ax_map, "no training history")
+            return fig
+        colors = sns.color_palette("colorblind", max(3, len(usable))).as_hex()
+        any_map = False
+        for (label, h), color in zip(usable.items(), colors):
+            ax_loss.plot(h["epoch"], h["loss"], color=color, lw=1.5, label=label)
+            if len(usable) == 1:
+                for col, ls in (("loc_loss", "--"), ("cls_loss", ":")):
+                    if col in h:
+                        ax_loss.plot(h["epoch"], h[col], color=color, lw=1, ls=ls, label=col.replace("_", " "))
+            if "val_voc07_map" in h and h["val_voc07_map"].notna().any():
+                v = h.dropna(subset=["val_voc07_map"])
+                ax_map.plot(v["epoch"], v["val_voc07_map"], color=color, marker="o", ms=4, lw=1.2, label=label)
+                any_map = True
+        for ax in (ax_loss, ax_map):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_loss.set_xlabel("epoch")
+        ax_loss.set_ylabel("training loss (per positive)")
+        ax_loss.legend(loc="upper right")
+        if any_map:
+            ax_map.set_xlabel("epoch")
+            ax_map.set_ylabel("validation " + MAP_LABEL)
+        else:
+            _empty(ax_map, "no validation mAP recorded during training")
+    return fig
+
+
+# --- images: detections, default boxes, augmentation ------------------------------------------
+
+
+def _class_color(label: int) -> tuple[float, float, float]:
+    palette = sns.color_palette("tab20", 20)
+    return palette[(int(label) - 1) % 20]
+
+
+def _as_image(image: Any) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        raise ValueError(f"expected an HWC image, got shape {arr.shape} (CHW? use to_uint8_image)")
+    return arr
+
+
+def draw_detections(
+    image_uint8_hwc: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray | None,
+    class_names: Sequence[str],
+    ax: Axes | None = None,
+    *,
+    score_threshold: float = 0.0,
+    max_boxes: int = 50,
+    title: str | None = None,
+) -> Figure:
+    """An image with its detections (or ground truth, with ``scores=None``).
+
+    Args:
+        image_uint8_hwc: (H, W, 3) uint8 image.
+        boxes: (K, 4) XYXY in the image's pixels.
+        labels: (K,) 1-based labels (label i is ``class_names[i - 1]``; 0 is background).
+        scores: (K,) scores, or None for ground truth.
+        ax: draw into this axes; a new figure otherwise.
+        score_threshold: boxes with a lower score are not drawn.
+        max_boxes: at most this many boxes, best first.
+
+    Returns:
+        The figure holding ``ax``.
+    """
+    image = _as_image(image_uint8_hwc)
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1).astype(int)
+    order = np.arange(len(boxes))
+    if scores is not None:
+        scores = np.asarray(scores, dtype=float).reshape(-1)
+        order = np.argsort(-scores, kind="stable")
+        order = order[scores[order] >= score_threshold]
+    order = order[:max_boxes]
+    with _style():
+        if ax is None:
+            _, axes = _figure(figsize=(5.0, 5.0 * image.shape[0] / max(1, image.shape[1])))
+            ax = axes[0, 0]
+        ax.imshow(image)
+        for k in order:
+            x1, y1, x2, y2 = boxes[k]
+            color = _class_color(labels[k])
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.6))
+            lab = labels[k]
+            name = class_names[lab - 1] if 1 <= lab <= len(class_names) else str(lab)
+            text = name if scores is None else f"{name} {scores[k]:.2f}"
+            ax.text(x1, y1, text, fontsize=7, color="white", va="bottom",
+                    bbox={"facecolor": color, "edgecolor": "none", "pad": 1, "alpha": 0.85})
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title)
+    return ax.figure
+
+
+def detection_grid(
+    samples: Sequence[tuple[np.ndarray, Mapping[str, Any], Sequence[str]]],
+    *,
+    ncols: int = 2,
+    score_threshold: float = 0.0,
+) -> Figure:
+    """Several images with their detections, as returned by
+    :func:`ssdstudy.pipeline.sample_detections`: ``(image (H,W,3) uint8, {"boxes",
+    "labels", "scores"}, class_names)`` each."""
+    n = max(1, len(samples))
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    with _style():
+        fig, axes = _figure(nrows, ncols, figsize=(3.6 * ncols, 3.6 * nrows))
+        flat = axes.ravel()
+        for ax in flat[len(samples):]:
+            ax.set_axis_off()
+        if not samples:
+            _empty(flat[0], "no test images")
+            return fig
+        for ax, (image, det, names) in zip(flat, samples):
+            draw_detections(image, det["boxes"], det["labels"], det.get("scores"), names, ax=ax,
+                            score_threshold=score_threshold)
+    return fig
+
+
+class PriorMap(NamedTuple):
+    """One feature map's share of the priors: a ``size x size`` grid of cells,
+    ``boxes_per_cell`` consecutive priors per cell, the first at index ``start``."""
+
+    size: int
+    boxes_per_cell: int
+    start: int
+
+    @property
+    def count(self) -> int:
+        return self.size * self.size * self.boxes_per_cell
+
+
+def prior_layout(priors_cxcywh: np.ndarray) -> list[PriorMap]:
+    """Recover the feature maps from priors laid out map by map, cell by cell (rows
+    outer), the boxes of a cell consecutive (the layout of :mod:`ssdstudy.model.priors`
+    and of the original code base).
+
+    A cell is a run of priors with the same centre; a new map starts where the number
+    of boxes per cell changes or the centre moves back up or left to a new row start
+    that is not below the previous one. Consecutive 1x1 maps share their centre and
+    cannot be told apart (small inputs give several): pass the model's
+    ``zip(model.feature_map_sizes, model.boxes_per_cell)`` as ``layout`` instead.
+
+    Raises:
+        ValueError: when the priors do not form square maps in that layout.
+    """
+    p = np.asarray(priors_cxcywh, dtype=np.float64).reshape(-1, 4)
+    if not len(p):
+        return []
+    centres = p[:, :2]
+    change = np.any(np.abs(np.diff(centres, axis=0)) > 1e-9, axis=1)
+    starts = np.concatenate([[0], np.nonzero(change)[0] + 1])
+    counts = np.diff(np.concatenate([starts, [len(p)]]))
+    maps: list[list[int]] = []  # per map: list of cell indices into starts
+    for c in range(len(starts)):
+        if not maps:
+            maps.append([c])
+            continue
+        prev = maps[-1][-1]
+        (px, py), (x, y) = centres[starts[prev]], centres[starts[c]]
+        same_row = abs(y - py) <= 1e-9 and x > px
+        next_row = y > py + 1e-9 and x <= centres[starts[maps[-1][0]]][0] + 1e-9
+        if counts[c] == counts[prev] and (same_row or next_row):
+            maps[-1].append(c)
+        else:
+            maps.append([c])
+    out = []
+    for cells in maps:
+        side = round(np.sqrt(len(cells)))
+        if side * side != len(cells):
+            raise ValueError(f"prior_layout: a map of {len(cells)} cells is not square; pass layout explicitly")
+        out.append(PriorMap(side, int(counts[cells[0]]), int(starts[cells[0]])))
+    return out
+
+
+def prior_table(priors_cxcywh: np.ndarray, layout: Sequence[tuple[int, int]] | None = None) -> pd.DataFrame:
+    """One row per feature map: its grid, boxes per cell, number of default boxes, and
+    the smallest and largest box side (``sqrt(w * h)``, in % of the input side).
+
+    ``layout`` as in :func:`draw_priors` (inferred when None).
+    """
+    p = np.asarray(priors_cxcywh, dtype=np.float64).reshape(-1, 4)
+    maps = _maps(p, layout)
+    rows = []
+    for m in maps:
+        block = p[m.start:m.start + m.count]
+        side = np.sqrt(block[:, 2] * block[:, 3]) * 100
+        rows.append({"feature map": f"{m.size}x{m.size}", "boxes per cell": m.boxes_per_cell,
+                     "default boxes": m.count, "smallest box (%)": round(float(side.min()), 1),
+                     "largest box (%)": round(float(side.max()), 1)})
+    return pd.DataFrame(rows)
+
+
+def _maps(p: np.ndarray, layout: Sequence[tuple[int, int]] | None) -> list[PriorMap]:
+    if layout is None:
+        return prior_layout(p)
+    maps, start = [], 0
+    for size, per_cell in layout:
+        maps.append(PriorMap(int(size), int(per_cell), start))
+        start += int(size) * int(size) * int(per_cell)
+    if start != len(p):
+        raise ValueError(f"layout covers {start} priors, got {len(p)}")
+    return maps
+
+
+def draw_priors(
+    image: np.ndarray | None,
+    priors_cxcywh: np.ndarray,
+    *,
+    layout: Sequence[tuple[int, int]] | None = None,
+    points: Sequence[tuple[float, float]] = ((0.5, 0.5),),
+    ncols: int = 3,
+) -> Figure:
+    """The default boxes of a few cells of every feature map, drawn on an image.
+
+    One panel per feature map: the map's grid of cells (for maps up to 19 cells
+    across), and every default box of the cell that holds each of ``points``.
+
+    Args:
+        image: (H, W, 3) uint8 image the priors are drawn on (resized views are not
+            needed: priors are relative), or None for a grey canvas of 300 x 300.
+        priors_cxcywh: (P, 4) centre-form priors relative to the input, in [0, 1].
+        layout: ``(feature-map size, boxes per cell)`` per map; inferred with
+            :func:`prior_layout` when None.
+        points: (x, y) points relative to the image; the cell holding each is drawn.
+    """
+    p = np.asarray(priors_cxcywh, dtype=np.float64).reshape(-1, 4)
+    maps = _maps(p, layout)
+    canvas = np.full((300, 300, 3), 200, np.uint8) if image is None else _as_image(image)
+    h, w = canvas.shape[:2]
+    n = max(1, len(maps))
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    with _style():
+        fig, axes = _figure(nrows, ncols, figsize=(3.0 * ncols, 3.0 * nrows * h / w + 0.3))
+        flat = axes.ravel()
+        for ax in flat[len(maps):]:
+            ax.set_axis_off()
+        for ax, m in zip(flat, maps):
+            ax.imshow(canvas)
+            block = p[m.start:m.start + m.count].reshape(m.size * m.size, m.boxes_per_cell, 4)
+            cell_centres = block[:, 0, :2]
+            if m.size <= 19:
+                xs = np.unique(np.round(cell_centres[:, 0], 9))
+                step = (xs[1] - xs[0]) if len(xs) > 1 else 1.0
+                for k in range(m.size + 1):
+                    e = (xs[0] - step / 2 + k * step)
+                    ax.axvline(e * w, color="white", lw=0.4, alpha=0.6)
+                    ax.axhline(e * h, color="white", lw=0.4, alpha=0.6)
+            for px, py in points:
+                cell = int(np.argmin((cell_centres[:, 0] - px) ** 2 + (cell_centres[:, 1] - py) ** 2))
+                palette = sns.color_palette("husl", m.boxes_per_cell)
+                for b, (cx, cy, bw, bh) in enumerate(block[cell]):
+                    ax.add_patch(Rectangle(((cx - bw / 2) * w, (cy - bh / 2) * h), bw * w, bh * h,
+                                           fill=False, edgecolor=palette[b], linewidth=1.3))
+                ax.plot([block[cell, 0, 0] * w], [block[cell, 0, 1] * h], marker="+", color="white", ms=6)
+            ax.set_xlim(0, w)
+            ax.set_ylim(h, 0)
+            ax.set_axis_off()
+            ax.set_title(f"{m.size}x{m.size} map, {m.boxes_per_cell} boxes per cell", fontsize=8)
+    return fig
+
+
+def to_uint8_image(tensor_chw: Any, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo the network's normalisation: (3, H, W) float ``(x / 255 - mean) / std`` ->
+    (H, W, 3) uint8."""
+    arr = np.asarray(tensor_chw, dtype=np.float64)
+    if arr.ndim != 3 or arr.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) array, got shape {arr.shape}")
+    arr = arr * np.asarray(std, dtype=np.float64)[:, None, None] + np.asarray(mean, dtype=np.float64)[:, None, None]
+    return np.clip(np.round(arr.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+
+
+def augmentation_grid(
+    images: Sequence[np.ndarray] | Mapping[str, np.ndarray],
+    *,
+    boxes: Sequence[np.ndarray | None] | None = None,
+    ncols: int = 4,
+) -> Figure:
+    """A grid of images, e.g. one training image and several augmented versions of it
+    (the study's figs. 6 and 7).
+
+    Args:
+        images: (H, W, 3) uint8 images, or a mapping title -> image.
+        boxes: optional (K, 4) XYXY pixel boxes per image, drawn in white.
+        ncols: images per row.
+    """
+    if isinstance(images, Mapping):
+        titles, arrays = list(images.keys()), list(images.values())
+    else:
+        titles, arrays = [None] * len(images), list(images)
+    n = max(1, len(arrays))
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    with _style():
+        fig, axes = _figure(nrows, ncols, figsize=(2.4 * ncols, 2.5 * nrows))
+        flat = axes.ravel()
+        for ax in flat:
+            ax.set_axis_off()
+        if not arrays:
+            _empty(flat[0], "no images")
+            return fig
+        for k, (ax, title, image) in enumerate(zip(flat, titles, arrays)):
+            ax.imshow(_as_image(image))
+            if boxes is not None and k < len(boxes) and boxes[k] is not None:
+                for x1, y1, x2, y2 in np.asarray(boxes[k], dtype=float).reshape(-1, 4):
+                    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", lw=1.2))
+            if title:
+                ax.set_title(str(title), fontsize=8)
+    return fig
+
+
+# --- tables of one run -----------------------------------------------------------------------
+
+
+def ap_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Per-class AP of one run's ``metrics.json``: index class, columns ``"AP (VOC07)"``
+    and ``"AP (VOC10+)"``, sorted by VOC07 AP (best first)."""
+    per_class = metrics.get("ap_per_class") or {}
+    frame = pd.DataFrame(
+        {"AP (VOC07)": [v.get("voc07", np.nan) for v in per_class.values()],
+         "AP (VOC10+)": [v.get("voc", np.nan) for v in per_class.values()]},
+        index=pd.Index(list(per_class), name="class"),
+    )
+    return frame.sort_values("AP (VOC07)", ascending=False)
+
+
+def timing_table(timing: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per timed device of one run's ``timing.json``: medians and IQRs (ms) of
+    inference, prediction and reference prediction, throughput, memory."""
+    rows = []
+    for key, t in timing.items():
+        row: dict[str, Any] = {"device": key, "name": t.get("device_name", ""), "threads": t.get("threads")}
+        for metric, text in (("inference_ms", "inference"), ("prediction_ms", "prediction"),
+                             ("reference_prediction_ms", "reference prediction")):
+            s = t.get(metric) or {}
+            row[f"{text} ms"] = s.get("median", np.nan)
+            row[f"{text} IQR"] = s.get("iqr", np.nan)
+        row["images/s (batched)"] = t.get("throughput_images_per_s", np.nan)
+        row["peak memory MB"] = t.get("peak_memory_mb", np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("device") if rows else pd.DataFrame()

@@ -1,0 +1,163 @@
+"""The original study's claims checked from result frames: each verdict follows from
+the numbers, and missing results give "cannot test" rather than an error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ssdstudy import claims
+
+BINS = ("0-5", "5-10", "10-20", "20-40", "40-60", "60-80", "80-100")
+
+
+def row(backbone, width=1.0, augment="all", mining="3:1", mAP=0.5, ms=10.0, bins=None, **extra):
+    r = {"run_id": f"{backbone}-{width}-{augment}-{mining}", "backbone": backbone, "width": width,
+         "augment": augment, "mining": mining, "voc07_map": mAP, "prediction_ms": ms,
+         "inference_ms": 0.8 * ms, "forward_ms": 0.8 * ms, "postprocess_ms": 0.2 * ms,
+         "reference_prediction_ms": 2 * ms, "epoch_seconds": 60.0, "epochs": 10, "device_name": "Test CPU"}
+    bins = bins or [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, np.nan]
+    for b, v in zip(BINS, bins):
+        r[f"bin {b}"] = v
+        r[f"images {b}"] = 0 if np.isnan(v) else 5
+    r.update(extra)
+    return r
+
+
+def frame(*rows):
+    return pd.DataFrame(list(rows))
+
+
+def test_claim_1_supported_refuted_and_untestable():
+    v = claims.claim_backbone(frame(row("vgg16", mAP=0.7, ms=100), row("mobilenet_v1", mAP=0.6, ms=20)))
+    assert v.status == "supported" and v.summary() == "2 of 2 checks hold"
+    v = claims.claim_backbone(frame(row("vgg16", mAP=0.5, ms=100), row("mobilenet_v1", mAP=0.6, ms=20)))
+    assert v.status == "partly supported"
+    assert [c.holds for c in v.checks] == [False, True]
+    v = claims.claim_backbone(frame(row("vgg16", mAP=0.5, ms=10), row("mobilenet_v1", mAP=0.6, ms=20)))
+    assert v.status == "refuted"
+    # only the no-augmentation runs: the baselines are missing
+    v = claims.claim_backbone(frame(row("vgg16", augment="none"), row("mobilenet_v1", augment="none")))
+    assert v.status == "cannot test" and v.summary() == "no check could be made"
+    assert claims.claim_backbone(pd.DataFrame()).status == "cannot test"
+
+
+def test_claim_2_small_object_gain_and_epoch_time():
+    small_gain = [0.3, 0.3, 0.1, 0.1, 0.1, 0.1, np.nan]
+    df = frame(
+        row("vgg16", mAP=0.7, epoch_seconds=100, bins=list(np.add([0.1] * 7, small_gain))),
+        row("vgg16", augment="none", mAP=0.5, epoch_seconds=80, bins=[0.1] * 6 + [np.nan]),
+        row("mobilenet_v1", mAP=0.6, epoch_seconds=50, bins=[0.2] * 6 + [np.nan]),
+        row("mobilenet_v1", augment="none", mAP=0.4, epoch_seconds=55, bins=[0.1, 0.1, 0.0, 0.0, 0.0, 0.0, np.nan]),
+    )
+    v = claims.claim_augmentation(df)
+    holds = {c.statement: c.holds for c in v.checks}
+    assert holds["augmentation raises VGG16's mAP"] is True
+    assert holds["for VGG16 the gain is largest on small objects (under 10 % of the image)"] is True
+    assert holds["for MobileNetV1 the gain is largest on small objects (under 10 % of the image)"] is False
+    assert holds["an epoch of VGG16 takes less time without augmentation"] is True
+    assert holds["an epoch of MobileNetV1 takes less time without augmentation"] is False
+    assert v.status == "partly supported"
+
+
+def test_claim_2_bins_without_images_are_not_compared():
+    no_small = [np.nan, np.nan, 0.3, 0.4, 0.5, 0.6, np.nan]
+    df = frame(row("vgg16", bins=no_small), row("vgg16", augment="none", mAP=0.3, bins=no_small))
+    check = next(c for c in claims.claim_augmentation(df).checks if "VGG16 the gain" in c.statement)
+    assert check.holds is None
+
+
+def test_claim_3_relative_loss_against_relative_saving():
+    df = frame(row("mobilenet_v1", mAP=0.6, ms=30), row("mobilenet_v1", width=0.5, mAP=0.3, ms=25),
+               row("mobilenet_v1", width=0.25, mAP=0.55, ms=10))
+    v = claims.claim_width(df)
+    assert [c.holds for c in v.checks] == [False, True]  # x0.25: -8 % mAP, -67 % time; x0.5: -50 %, -17 %
+    assert "x0.25" in v.checks[0].statement and "-67%" in v.checks[0].detail
+    assert v.status == "partly supported"
+    assert claims.claim_width(frame(row("mobilenet_v1", width=0.5))).checks[0].holds is None
+
+
+def hw_row(device, name, backbone, inference, epoch=np.nan, threads=None, **extra):
+    return {"machine": name, "device": device, "device_name": name, "threads": threads, "backbone": backbone,
+            "width": 1.0, "inference_ms": inference, "prediction_ms": inference * 1.2,
+            "reference_prediction_ms": inference * 3, "epoch_seconds": epoch, "source": "f.json", **extra}
+
+
+def test_claim_4_per_device():
+    hw = frame(hw_row("cpu", "Xeon", "vgg16", 400, threads=2), hw_row("cpu", "Xeon", "mobilenet_v1", 100, threads=2),
+               hw_row("cuda", "Tesla T4", "vgg16", 9), hw_row("cuda", "Tesla T4", "mobilenet_v1", 10))
+    v = claims.claim_gpu_cpu(hw)
+    assert v.status == "supported" and len(v.checks) == 2
+    assert v.checks[0].statement.startswith("on Xeon (2 threads)")
+    cpu_only = claims.claim_gpu_cpu(hw.iloc[:2])
+    assert cpu_only.status == "supported" and cpu_only.checks[-1].holds is None
+    assert "untestable" in cpu_only.summary()
+
+
+def test_claim_5_reference_share():
+    df = frame(row("vgg16", ms=100, forward_ms=80, reference_prediction_ms=120),
+               row("mobilenet_v1", ms=20, forward_ms=10, reference_prediction_ms=40))
+    v = claims.claim_nms(df)
+    assert [c.holds for c in v.checks] == [False, True]  # 33 % and 75 % after the forward pass
+    assert "75%" in v.checks[1].detail
+    assert "vectorised" in v.note
+    gpu = frame(hw_row("cuda", "H100", "vgg16", 5), hw_row("cpu", "Xeon", "vgg16", 50))
+    v = claims.claim_nms(pd.DataFrame(), gpu)
+    assert len(v.checks) == 1 and v.checks[0].holds is True and "H100" in v.checks[0].statement
+
+
+def test_claim_6_mining():
+    df = frame(row("vgg16", mAP=0.6, ms=100), row("vgg16", mining="none", mAP=0.5, ms=120),
+               row("mobilenet_v1", mAP=0.65, ms=20), row("mobilenet_v1", mining="none", mAP=0.4, ms=30))
+    v = claims.claim_mining(df)
+    assert v.status == "supported" and len(v.checks) == 6
+    df.loc[3, "prediction_ms"] = 10
+    v = claims.claim_mining(df)
+    assert v.status == "partly supported"
+    assert not next(c for c in v.checks if "MobileNetV1's prediction" in c.statement).holds
+
+
+def test_claim_7_sizes():
+    df = frame(
+        row("vgg16", bins=[0.3, 0.4, 0.5, 0.5, 0.6, 0.6, np.nan]),
+        row("mobilenet_v1", bins=[0.1, 0.2, 0.45, 0.5, 0.6, 0.6, np.nan]),
+        row("vgg16", augment="none", bins=[0.1, 0.2, 0.3, 0.3, 0.4, 0.4, np.nan]),
+        row("mobilenet_v1", augment="none", bins=[0.2, 0.1, 0.3, 0.3, 0.5, 0.5, np.nan]),
+    )
+    v = claims.claim_sizes(df)
+    holds = [c.holds for c in v.checks]
+    # smallest bin lowest: yes, yes, yes, no (5-10 is lower for MobileNet without augmentation)
+    assert holds[:4] == [True, True, True, False]
+    assert holds[4] is True  # VGG16 leads by 0.2 in 0-5 and 5-10
+    assert holds[5] is True  # 0.5 against 0.4 on 40-80 %
+    assert v.status == "partly supported"
+
+
+def test_claim_8_needs_the_named_gpus():
+    hw = frame(hw_row("cuda", "Tesla P100", "vgg16", 1, epoch=100), hw_row("cuda", "Tesla T4", "vgg16", 1, epoch=150),
+               hw_row("cuda", "Tesla P100", "mobilenet_v1", 1, epoch=40), hw_row("cuda", "Tesla T4", "mobilenet_v1", 1, epoch=50))
+    v = claims.claim_training_devices(hw)
+    assert [c.holds for c in v.checks] == [True, False]
+    no_p100 = frame(hw_row("cuda", "H100", "vgg16", 1, epoch=10), hw_row("cuda", "A100", "vgg16", 1, epoch=12))
+    v = claims.claim_training_devices(no_p100)
+    assert v.status == "cannot test" and "fastest measured: H100" in v.checks[0].detail
+    # a single GPU is trivially the fastest: no test
+    v = claims.claim_training_devices(hw.iloc[[3]])
+    assert v.checks[1].holds is None and "only one GPU" in v.checks[1].detail
+
+
+def test_assess_all_and_table_on_no_results():
+    verdicts = claims.assess_all({}, None)
+    assert [v.number for v in verdicts] == list(range(1, 9))
+    assert all(v.status == "cannot test" for v in verdicts)
+    table = claims.verdict_table(verdicts)
+    assert list(table.index) == list(range(1, 9)) and set(table["verdict"]) == {"cannot test"}
+    md = verdicts[0].markdown()
+    assert md.startswith("**Claim 1.**") and "*cannot be tested*" in md
+
+
+def test_select_hardware_keeps_other_machines_and_own_runs():
+    hw = frame(hw_row("cpu", "A", "vgg16", 1, source="a.json"), hw_row("cpu", "B", "vgg16", 1, source="default/r1"),
+               hw_row("cpu", "B", "vgg16", 1, source="default/r2"))
+    out = claims.select_hardware(hw, "default", ["r2"])
+    assert list(out["source"]) == ["a.json", "default/r2"]
