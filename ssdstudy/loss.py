@@ -10,7 +10,9 @@ from torch import Tensor, nn
 __all__ = ["MultiBoxLoss", "hard_negative_mask"]
 
 
-def hard_negative_mask(background_loss: Tensor, labels: Tensor, neg_pos_ratio: float) -> Tensor:
+def hard_negative_mask(
+    background_loss: Tensor, labels: Tensor, neg_pos_ratio: float
+) -> Tensor:
     """Select, per image, the positives and the hardest ``neg_pos_ratio * num_pos`` negatives.
 
     Negatives are ranked by ``background_loss`` (high first); an image without positives
@@ -30,7 +32,9 @@ def hard_negative_mask(background_loss: Tensor, labels: Tensor, neg_pos_ratio: f
     ranked = background_loss.masked_fill(positive, -torch.inf)
     order = ranked.argsort(dim=1, descending=True)
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    rank.scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
     return positive | ((rank < num_neg) & ~positive)
 
 
@@ -74,13 +78,19 @@ class MultiBoxLoss(nn.Module):
         else:
             with torch.no_grad():
                 background_loss = -F.log_softmax(logits, dim=-1)[..., 0]
-                selected = hard_negative_mask(background_loss, labels, self.neg_pos_ratio)
+                selected = hard_negative_mask(
+                    background_loss, labels, self.neg_pos_ratio
+                )
         if selected is None:
             cls_loss = F.cross_entropy(
                 logits.reshape(-1, num_classes), labels.reshape(-1), reduction="sum"
             )
         else:
-            cls_loss = F.cross_entropy(logits[selected], labels[selected], reduction="sum")
-        loc_loss = F.smooth_l1_loss(locs[positive], loc_targets[positive], reduction="sum")
+            cls_loss = F.cross_entropy(
+                logits[selected], labels[selected], reduction="sum"
+            )
+        loc_loss = F.smooth_l1_loss(
+            locs[positive], loc_targets[positive], reduction="sum"
+        )
         num_pos = positive.sum().clamp(min=1).to(logits.dtype)
         return loc_loss / num_pos, cls_loss / num_pos
