@@ -237,6 +237,17 @@ class Study:
     def profile(self) -> str:
         return self.plan.profile.name
 
+    def prepare_data(self) -> None:
+        """Write the generated datasets the missing runs need (once, before the runs)."""
+        from ssdstudy.workspace import Workspace
+
+        roots = {}
+        for run_id in self.plan.missing():
+            cfg = self.plan.runs[run_id]
+            roots.setdefault((cfg.data.root, str(cfg.data.synth)), cfg)
+        for cfg in roots.values():
+            Workspace(cfg, progress=self.progress)
+
     def run_runs(self) -> list[str]:
         """Execute every missing run; returns the ids of the runs that finished now."""
         done = []
@@ -341,6 +352,7 @@ def run_study(profile: str, *, only: list[str] | None = None, book: bool = True,
     """Data, runs, chapters and (optionally) the book, for one profile."""
     study = Study(profile, root=root, results=results, only=only, progress=progress)
     start = time.time()
+    study.prepare_data()
     study.run_runs()
     study.run_chapters()
     if book and not study.failures:

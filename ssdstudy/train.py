@@ -91,7 +91,7 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        self.workspace = Workspace(config)
+        self.workspace = Workspace(config, progress=progress)
         seed_everything(config.train.seed)
         self.model = build_model(
             config.model.backbone,
@@ -101,7 +101,8 @@ class Trainer:
         )
         if config.model.pretrained:
             load_weights(self.model, config.model.pretrained)
-        self.model.to(self.device)
+        # channels-last convolutions train about a third faster on CPUs (oneDNN)
+        self.model.to(self.device, memory_format=torch.channels_last)
         self.transform = build_transform(
             True, config.model.image_size, self.model.mean, self.model.std,
             AugmentConfig(**asdict(config.augment)),
@@ -113,9 +114,12 @@ class Trainer:
                 f"{config.data.root}: {len(self.dataset)} training images, fewer than train.batch_size={t.batch_size}"
             )
         self.steps_per_epoch = len(self.dataset) // t.batch_size
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
-        )
+        if t.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+            )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch)
         )
@@ -184,7 +188,7 @@ class Trainer:
             labels = [torch.as_tensor(t["labels"], dtype=torch.int64) for t in targets]
             loc_t, cls_t = match(boxes, labels, priors.cpu(), self.config.loss.iou_threshold)
             yield (
-                images.to(self.device, non_blocking=True),
+                images.to(self.device, non_blocking=True, memory_format=torch.channels_last),
                 loc_t.to(self.device, non_blocking=True),
                 cls_t.to(self.device, non_blocking=True),
             )

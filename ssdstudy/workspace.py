@@ -55,20 +55,25 @@ def available_devices() -> list[str]:
 class Workspace:
     """The records of a run's training and test splits and its class names."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, *, progress: bool = True):
         self.config = config
         self.root = resolve_path(config.data.root)
+        self.progress = progress
         self.ensure_data()
 
     def ensure_data(self) -> None:
-        if self.root.exists():
-            return
-        synth = self.config.data.synth
-        if synth is None:
-            raise UserError(f"data.root: {self.root} does not exist (see data/README.md for placing VOCdevkit)")
-        from ssdstudy.data.synth import generate
+        """Write (or finish, or bring up to date) the generated dataset when asked for;
+        a folder that is not a generated dataset (a VOCdevkit) is never touched."""
+        from ssdstudy.data.synth import YEAR_DIR, generate
 
-        generate(self.root, train=synth.train, test=synth.test, seed=synth.seed)
+        synth = self.config.data.synth
+        generated = not self.root.exists() or (self.root / YEAR_DIR).is_dir()
+        if synth is None or not generated:
+            if not self.root.exists():
+                raise UserError(f"data.root: {self.root} does not exist (see data/README.md for placing VOCdevkit)")
+            return
+
+        generate(self.root, train=synth.train, test=synth.test, seed=synth.seed, progress=self.progress)
 
     @cached_property
     def class_names(self) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print(describe(make_plan(args.profile, args.only)))
         return 0
     study = Study(args.profile, only=args.only, progress=not args.no_progress)
+    study.prepare_data()
     study.run_runs()
     study.run_chapters()
     print(study.report())

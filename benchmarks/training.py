@@ -1,0 +1,68 @@
+"""Accuracy reached within a training-time budget on the generated default dataset.
+
+MobileNetV1-SSD300 (width 1.0, augmentation and 3:1 mining) trained from scratch at
+300x300 on the generated dataset's 2,000 training images, on this machine's CPU, then
+scored on its test split. Prints the training minutes (the sum of the epoch times in
+the run's history) and the VOC07 mAP; ``--json PATH`` writes them with the run's id.
+
+    python benchmarks/training.py                 # the 30-minute, 2-core budget
+    python benchmarks/training.py --epochs 2      # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ssdstudy.config import build_config
+from ssdstudy.pipeline import execute_run
+from ssdstudy.runs import RESULTS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/synth", help="generated dataset (written if missing)")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--optimizer", default="adamw", choices=["sgd", "adamw"])
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--budget-minutes", type=float, default=30.0)
+    parser.add_argument("--target-map", type=float, default=0.6)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+
+    config = build_config(("benchmarks/training.py", {
+        "data": {"root": args.data, "synth": {"train": 2000, "test": 500, "seed": 0}},
+        "model": {"backbone": "mobilenet_v1", "width": 1.0, "image_size": 300},
+        "augment": {"enabled": True},
+        "loss": {"neg_pos_ratio": 3},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
+                  "lr": args.lr, "warmup_epochs": 0.5, "scheduler": "cosine", "threads": args.threads,
+                  "device": "cpu"},
+        "timing": {"images": 20, "devices": ["cpu"]},
+    }))
+    run_dir = RESULTS / "benchmarks" / "runs" / config.run_id
+    result = execute_run(config, run_dir)
+    history: pd.DataFrame = result["history"]
+    minutes = float(history["epoch_seconds"].sum()) / 60
+    voc07 = float(result["metrics"]["voc07_map"])
+    figures = {
+        "run_id": config.run_id, "epochs": int(history["epoch"].max()), "training_minutes": minutes,
+        "voc07_map": voc07, "voc_map": result["metrics"]["voc_map"],
+        "budget_minutes": args.budget_minutes, "target_map": args.target_map,
+        "met": bool(minutes <= args.budget_minutes and voc07 >= args.target_map),
+    }
+    print(f"training time {minutes:.1f} min (budget {args.budget_minutes:g}), "
+          f"VOC07 mAP {voc07:.3f} (target {args.target_map:g}): {'met' if figures['met'] else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0 if figures["met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The ``ssdstudy`` command: one clear line for each user error, and the run commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssdstudy.cli import build_parser, main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ssdstudy.cli", *args], capture_output=True, text=True)
+
+
+def one_clear_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ssdstudy: error")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_every_subcommand_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"data", "train", "eval", "bench", "detect", "study"} <= set(sub.choices)
+    for name in sub.choices:
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+
+
+def test_bad_parameter_file_names_field(tmp_path):
+    params = tmp_path / "bad.yaml"
+    params.write_text("model: {backbone: mobilenet_v1, width: two}\n")
+    one_clear_line(run_cli("train", str(params)), str(params), "model.width")
+
+
+def test_unknown_backbone_is_one_line(tmp_path):
+    params = tmp_path / "bad.yaml"
+    params.write_text("model: {backbone: resnet50}\ndata: {synth: null, root: /nonexistent}\n")
+    one_clear_line(run_cli("train", str(params)), "resnet50")
+
+
+def test_missing_checkpoint(tmp_path, tiny_synth):
+    missing = tmp_path / "nope.pt"
+    one_clear_line(run_cli("eval", "--data", str(tiny_synth), "--checkpoint", str(missing)), str(missing), "no such checkpoint")
+    one_clear_line(run_cli("detect", str(missing), "x.jpg", "--out", str(tmp_path)), "no such checkpoint")
+
+
+def test_checkpoint_of_another_architecture(tmp_path, tiny_synth):
+    from ssdstudy.config import RunConfig
+    from ssdstudy.model import build_model
+
+    config = RunConfig()
+    config.model.backbone = "mobilenet_v1"
+    vgg = build_model("vgg16", 9, image_size=96)
+    fake = tmp_path / "mixed.pt"
+    torch.save({"model": vgg.state_dict(), "config": config.to_dict(), "class_names": ["a"] * 8}, fake)
+    one_clear_line(run_cli("eval", "--data", str(tiny_synth), "--checkpoint", str(fake)), str(fake), "does not fit mobilenet_v1")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    one_clear_line(run_cli("eval", "--data", str(tiny_synth), "--checkpoint", str(garbage)), str(garbage))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_synth) -> Path:
+    """One tiny finished run through ``ssdstudy train``."""
+    tmp = tmp_path_factory.mktemp("trained")
+    params = tmp / "run.yaml"
+    params.write_text(
+        f"data: {{root: {tiny_synth}, synth: null}}\n"
+        "model: {backbone: mobilenet_v1, width: 0.25, image_size: 96}\n"
+        "train: {epochs: 1, batch_size: 8, device: cpu}\n"
+        "timing: {images: 3, warmup: 1, throughput_batch: 2, devices: [cpu]}\n"
+    )
+    assert main(["train", str(params), "--run-dir", str(tmp / "run"), "--no-progress"]) == 0
+    return tmp / "run"
+
+
+def test_train_writes_every_result_file(trained):
+    for name in ("config.yaml", "history.csv", "checkpoint.pt", "metrics.json", "timing.json", "provenance.json"):
+        assert (trained / name).is_file(), name
+    prov = json.loads((trained / "provenance.json").read_text())
+    for key in ("git", "python", "torch", "torchvision", "ssdstudy", "device_name", "cpu", "threads", "seed"):
+        assert key in prov
+    timing = json.loads((trained / "timing.json").read_text())
+    assert timing["cpu"]["inference_ms"]["median"] > 0
+    assert timing["cpu"]["prediction_ms"]["n"] == 3
+
+
+def test_train_refuses_to_overwrite_without_resume(trained, capsys):
+    assert main(["train", str(trained / "config.yaml"), "--run-dir", str(trained)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_eval_checkpoint_json(trained, tiny_synth, capsys):
+    assert main(["eval", "--data", str(tiny_synth), "--split", "test", "--checkpoint", str(trained / "checkpoint.pt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("voc07_map", "voc_map", "ap_per_class", "coco", "size_bins"):
+        assert key in result
+    assert 0.0 <= result["voc07_map"] <= 1.0
+
+
+def test_eval_detections_file_perfect_detector(tmp_path, tiny_synth, capsys):
+    from ssdstudy.data import load_split, read_class_names
+
+    names = read_class_names(tiny_synth)
+    dets = [
+        {"image_id": r.image_id, "label": names[int(label) - 1], "bbox": [float(v) for v in box], "score": 0.9}
+        for r in load_split(tiny_synth, "test")
+        for box, label in zip(r.boxes, r.labels)
+    ]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    assert main(["eval", "--data", str(tiny_synth), "--detections", str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["voc07_map"] == pytest.approx(1.0)
+    assert result["voc_map"] == pytest.approx(1.0)
+
+
+def test_detect_draws_boxes(trained, tiny_synth, tmp_path):
+    from PIL import Image
+
+    image = sorted((tiny_synth / "SYNTH" / "JPEGImages").glob("test_*.jpg"))[0]
+    out = tmp_path / "drawn"
+    assert main(["detect", str(trained / "checkpoint.pt"), str(image), "--out", str(out), "--threshold", "0"]) == 0
+    png = out / f"{image.stem}.png"
+    assert png.is_file()
+    drawn = Image.open(png)
+    assert drawn.width > 100 and drawn.height > 100
+
+
+def test_detect_unreadable_image(trained, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    one_clear_line(run_cli("detect", str(trained / "checkpoint.pt"), str(bad), "--out", str(tmp_path)), str(bad))

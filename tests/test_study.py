@@ -1,0 +1,144 @@
+"""The study end to end on the smoke profile, and its robustness: a rerun trains
+nothing, a failing notebook or a broken parameter file leaves what was made intact,
+a run killed mid-training resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ssdstudy.config import ConfigError
+from ssdstudy.study import Study, make_plan, run_study
+from ssdstudy.workspace import PROJECT
+
+BOOK_FILES = ("_config.yml", "_toc.yml")
+
+
+def book_sources(dest: Path) -> Path:
+    """A copy of the book's sources (pages and templates, no executed output)."""
+    for name in BOOK_FILES:
+        shutil.copy(PROJECT / name, dest / name)
+    shutil.copytree(PROJECT / "book", dest / "book", ignore=shutil.ignore_patterns("chapters", "[0-9a-f]*.ipynb"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    root = book_sources(tmp_path_factory.mktemp("smoke"))
+    start = time.time()
+    study = run_study("smoke", root=root, results=root / "results", progress=False)
+    study.elapsed = time.time() - start
+    return study
+
+
+@pytest.mark.slow
+def test_smoke_study_builds_every_chapter_and_figure(smoke_study):
+    study = smoke_study
+    assert not study.failures, study.report()
+    html = study.root / "_build" / "html"
+    assert (html / "index.html").is_file()
+    chapters = [e.chapter for e in study.plan.experiments] + ["default_boxes", "conclusions"]
+    for chapter in chapters:
+        page = html / "book" / "chapters" / f"{chapter}.html"
+        assert page.is_file(), chapter
+        text = page.read_text()
+        assert "Traceback" not in text, chapter
+        if chapter != "conclusions":
+            assert "<img" in text, f"{chapter} has no figure"
+    for run_id in study.plan.runs:
+        assert (html / "book" / "runs" / f"{run_id}.html").is_file()
+        assert study.plan.paths(run_id).complete()
+    images = list((html / "_images").glob("*.png"))
+    assert len(images) >= len(chapters)
+    # the chapters name the profile, so results on generated data are not taken for VOC
+    assert "smoke" in (html / "book" / "chapters" / "backbone.html").read_text()
+
+
+@pytest.mark.slow
+def test_rerun_trains_nothing(smoke_study):
+    again = Study("smoke", root=smoke_study.root, results=smoke_study.plan.results, progress=False)
+    assert again.plan.missing() == []
+    assert again.run_runs() == []
+
+
+@pytest.mark.slow
+def test_shared_runs_are_trained_once(smoke_study):
+    plan = smoke_study.plan
+    asked = sum(len(e.runs) for e in plan.experiments)
+    assert len(plan.runs) < asked
+    run_dirs = list((plan.results / "smoke" / "runs").iterdir())
+    assert len(run_dirs) == len(plan.runs)
+
+
+def test_failing_notebook_is_reported_and_keeps_finished_results(tmp_path):
+    root = book_sources(tmp_path)
+    # a run template that fails for every run
+    nb = json.loads((root / "book" / "templates" / "run.ipynb").read_text())
+    after = next(i for i, c in enumerate(nb["cells"]) if "parameters" in c["metadata"].get("tags", [])) + 1
+    nb["cells"].insert(after, {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+                               "source": ["raise RuntimeError('broken on purpose')"]})
+    (root / "book" / "templates" / "run.ipynb").write_text(json.dumps(nb))
+    study = Study("smoke", root=root, results=root / "results", only=["hardware"], progress=False)
+    # one finished run is already there and must survive
+    first = next(iter(study.plan.runs))
+    finished = study.plan.paths(first)
+    finished.root.mkdir(parents=True)
+    for path in (finished.metrics, finished.timing, finished.provenance):
+        path.write_text("{}")
+    done = study.run_runs()
+    assert done == []
+    assert len(study.failures) == 1
+    failure = study.failures[0]
+    assert "broken on purpose" in failure.error
+    assert failure.notebook.is_file()
+    assert not (study.plan.paths(failure.what.split()[-1]).notebook).exists()
+    assert finished.complete()
+    assert "rerun to resume" in study.report()
+
+
+def test_broken_parameter_file_stops_before_touching_results(tmp_path, monkeypatch):
+    import ssdstudy.config as config
+    import ssdstudy.study as study_module
+
+    params = tmp_path / "parameters"
+    shutil.copytree(PROJECT / "parameters", params)
+    (params / "experiments" / "mining.yaml").write_text("runs:\n  - loss: {neg_pos_ratio: lots}\n")
+    monkeypatch.setattr(config, "PARAMETERS", params)
+    monkeypatch.setattr(study_module, "PARAMETERS", params)
+    results = tmp_path / "results"
+    (results / "smoke" / "runs" / "abc").mkdir(parents=True)
+    (results / "smoke" / "runs" / "abc" / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError) as err:
+        make_plan("smoke", results=results)
+    assert "mining.yaml" in str(err.value) and "runs[0].loss.neg_pos_ratio" in str(err.value)
+    assert (results / "smoke" / "runs" / "abc" / "metrics.json").read_text() == "{}"
+
+
+def test_killed_run_resumes(tiny_run_yaml, tmp_path):
+    """A run killed (SIGKILL) mid-training continues from its last finished epoch."""
+    text = tiny_run_yaml.read_text().replace("epochs: 2", "epochs: 6")
+    params = tmp_path / "long.yaml"
+    params.write_text(text)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ssdstudy.cli", "train", str(params), "--run-dir", str(run_dir), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = run_dir / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(history.read_text().splitlines()) - 1
+    assert 2 <= done_before < 6
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = history.read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in lines[1:]] == [1, 2, 3, 4, 5, 6]
+    assert (run_dir / "metrics.json").is_file()

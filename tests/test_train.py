@@ -1,0 +1,133 @@
+"""Training: learning, determinism, resumption, checkpoints and the history."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from ssdstudy.boxes import match
+from ssdstudy.config import load_run_config
+from ssdstudy.loss import MultiBoxLoss
+from ssdstudy.model import build_model
+from ssdstudy.runs import RunPaths
+from ssdstudy.train import Trainer, lr_factor
+
+
+def test_one_batch_overfit_drives_the_loss_below_a_tenth(tiny_synth):
+    """Model, matching and loss together can learn: 50 steps on one batch."""
+    from ssdstudy.augment import build_transform
+    from ssdstudy.data import DetectionDataset, collate, load_split
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v1", 9, width=0.5, image_size=128)
+    records = load_split(tiny_synth, "trainval")[:4]
+    transform = build_transform(False, 128, model.mean, model.std)
+    images, targets = collate([DetectionDataset(records, transform)[i] for i in range(4)])
+    loc_t, cls_t = match([t["boxes"] / 128.0 for t in targets], [t["labels"] for t in targets], model.priors)
+    criterion = MultiBoxLoss(neg_pos_ratio=3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    model.train()
+    for _ in range(50):
+        loc, cls = criterion(*model(images), loc_t, cls_t)
+        loss = loc + cls
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], losses[::10]
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_run_yaml, tmp_path, monkeypatch):
+    config = load_run_config(tiny_run_yaml)
+    straight = Trainer(config, RunPaths(tmp_path / "straight"), progress=False)
+    straight.fit(resume=False)
+
+    interrupted = Trainer(config, RunPaths(tmp_path / "resumed"), progress=False)
+    real_epoch = Trainer.train_epoch
+
+    def ctrl_c_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", ctrl_c_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(resume=True)
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    del interrupted
+
+    resumed = Trainer(config, RunPaths(tmp_path / "resumed"), progress=False)
+    stats = resumed.fit(resume=True)
+    assert [s.epoch for s in stats] == [2]
+    assert _states_equal(straight.model.state_dict(), resumed.model.state_dict())
+    assert straight.optimizer.param_groups[0]["lr"] == resumed.optimizer.param_groups[0]["lr"]
+    history = pd.read_csv(tmp_path / "resumed" / "history.csv")
+    straight_history = pd.read_csv(tmp_path / "straight" / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert history["loss"].tolist() == pytest.approx(straight_history["loss"].tolist(), rel=1e-6)
+
+
+def test_same_seed_same_run_other_seed_other_run(tiny_run_yaml, tmp_path):
+    config = load_run_config(tiny_run_yaml)
+    config.train.epochs = 1
+    a = Trainer(config, RunPaths(tmp_path / "a"), progress=False)
+    a.fit(resume=False)
+    b = Trainer(config, RunPaths(tmp_path / "b"), progress=False)
+    b.fit(resume=False)
+    assert _states_equal(a.model.state_dict(), b.model.state_dict())
+    config.train.seed = 1
+    c = Trainer(config, RunPaths(tmp_path / "c"), progress=False)
+    c.fit(resume=False)
+    assert not _states_equal(a.model.state_dict(), c.model.state_dict())
+
+
+def test_checkpoint_and_history_after_each_epoch(tiny_run_yaml, tmp_path):
+    config = load_run_config(tiny_run_yaml)
+    paths = RunPaths(tmp_path / "run")
+    Trainer(config, paths, progress=False).fit(resume=True)
+    state = torch.load(paths.checkpoint, weights_only=True)
+    assert state["epoch"] == 2 and state["run_id"] == config.run_id
+    history = pd.read_csv(paths.history)
+    assert list(history["epoch"]) == [1, 2]
+    assert (history["images_per_s"] > 0).all() and (history["loss"] > 0).all()
+    assert not list(paths.root.glob("*.tmp"))
+    # fitting a finished run again does nothing
+    again = Trainer(config, paths, progress=False)
+    assert again.fit(resume=True) == []
+
+
+def test_a_checkpoint_of_another_run_is_refused(tiny_run_yaml, tmp_path):
+    config = load_run_config(tiny_run_yaml)
+    config.train.epochs = 1
+    paths = RunPaths(tmp_path / "run")
+    Trainer(config, paths, progress=False).fit(resume=False)
+    config.train.seed = 7
+    from ssdstudy.errors import UserError
+
+    with pytest.raises(UserError, match="checkpoint of run"):
+        Trainer(config, paths, progress=False).restore()
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "multistep", "constant"])
+def test_learning_rate_schedules_with_warmup(scheduler, tiny_run_yaml):
+    config = load_run_config(tiny_run_yaml)
+    config.train.epochs = 10
+    config.train.scheduler = scheduler
+    config.train.milestones = [5, 8]
+    config.train.warmup_epochs = 1
+    steps = 10
+    factors = [lr_factor(config, s, steps) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(b >= a for a, b in zip(factors[:10], factors[1:10]))
+    if scheduler == "cosine":
+        assert factors[50] == pytest.approx(0.5) and factors[99] < 0.01
+    elif scheduler == "multistep":
+        assert factors[49] == 1.0 and factors[50] == pytest.approx(0.1) and factors[80] == pytest.approx(0.01)
+    else:
+        assert set(factors[10:]) == {1.0}
