@@ -65,6 +65,12 @@ class ModelConfig:
     pretrained: str | None = None
 
     def validate(self, where: str) -> None:
+        from ssdstudy.model import available_backbones
+
+        if self.backbone not in available_backbones():
+            raise ConfigError(
+                f"{where}: model.backbone {self.backbone!r} is not one of {', '.join(available_backbones())}"
+            )
         if not 0.0 < self.width <= 1.0:
             raise ConfigError(f"{where}: model.width must be in (0, 1], got {self.width}")
         if self.backbone != "mobilenet_v1" and self.width != 1.0:

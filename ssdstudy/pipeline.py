@@ -90,12 +90,12 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     class_names = tuple(state["class_names"])
     model = build_model(config.model.backbone, len(class_names) + 1, width=config.model.width,
                         image_size=config.model.image_size)
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{path}: checkpoint does not fit {config.model.backbone} "
-            f"(missing {len(missing)} keys, e.g. {missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
-        )
+    from ssdstudy.model import load_state
+
+    try:
+        load_state(model, state["model"], source="ssdstudy", name=path)
+    except UserError as err:
+        raise UserError(f"checkpoint does not fit {config.model.backbone}: {err}") from None
     return model.to(device).eval(), config, class_names
 
 

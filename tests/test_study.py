@@ -25,7 +25,12 @@ def book_sources(dest: Path) -> Path:
     """A copy of the book's sources (pages and templates, no executed output)."""
     for name in BOOK_FILES:
         shutil.copy(PROJECT / name, dest / name)
-    shutil.copytree(PROJECT / "book", dest / "book", ignore=shutil.ignore_patterns("chapters", "[0-9a-f]*.ipynb"))
+    def executed(folder: str, names: list[str]) -> list[str]:
+        if Path(folder).name == "runs":
+            return [n for n in names if n.endswith(".ipynb")]
+        return [n for n in names if n == "chapters"]
+
+    shutil.copytree(PROJECT / "book", dest / "book", ignore=executed)
     return dest
 
 
