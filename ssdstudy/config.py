@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ssdstudy.augment import AugmentConfig
 from ssdstudy.errors import ConfigError
 
 STUDY_BACKBONES = ("vgg16", "mobilenet_v1")
@@ -77,17 +78,6 @@ class ModelConfig:
             raise ConfigError(f"{where}: model.width applies to mobilenet_v1 only, got backbone {self.backbone!r}")
         if self.image_size < 96:
             raise ConfigError(f"{where}: model.image_size must be at least 96, got {self.image_size}")
-
-
-@dataclass
-class AugmentSettings:
-    """Which steps of the SSD augmentation run (``enabled: false`` turns all off)."""
-
-    enabled: bool = True
-    photometric: bool = True
-    expand: bool = True
-    crop: bool = True
-    mirror: bool = True
 
 
 @dataclass
@@ -148,7 +138,7 @@ class TimingConfig:
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

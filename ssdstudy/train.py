@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ssdstudy.augment import AugmentConfig, build_transform
+from ssdstudy.augment import build_transform
 from ssdstudy.boxes import match
 from ssdstudy.config import RunConfig
 from ssdstudy.data import DetectionDataset, collate
@@ -105,7 +105,7 @@ class Trainer:
         self.model.to(self.device, memory_format=torch.channels_last)
         self.transform = build_transform(
             True, config.model.image_size, self.model.mean, self.model.std,
-            AugmentConfig(**asdict(config.augment)),
+            config.augment,
         )
         self.dataset = DetectionDataset(self.workspace.train_records, self.transform)
         t = config.train
