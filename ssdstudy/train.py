@@ -193,6 +193,13 @@ class Trainer:
                 cls_t.to(self.device, non_blocking=True),
             )
 
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's outputs in fp32, the network run in ``train.precision``."""
+        bf16 = self.config.train.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            locs, logits = self.model(images)
+        return locs.float(), logits.float()
+
     def train_epoch(self, epoch: int) -> EpochStats:
         seed_everything(_epoch_seed(self.config.train.seed, epoch))
         self.model.train()
@@ -204,7 +211,7 @@ class Trainer:
             desc=f"epoch {epoch + 1}/{self.config.train.epochs}", unit="batch", leave=False,
         )
         for images, loc_t, cls_t in bar:
-            locs, logits = self.model(images)
+            locs, logits = self.forward(images)
             loc_loss, cls_loss = self.criterion(locs, logits, loc_t, cls_t)
             loss = loc_loss + cls_loss
             if not torch.isfinite(loss):
@@ -241,7 +248,7 @@ class Trainer:
                 images, loc_t, cls_t = next(batches)
             except StopIteration:
                 break
-            locs, logits = self.model(images)
+            locs, logits = self.forward(images)
             loss = sum(self.criterion(locs, logits, loc_t, cls_t))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

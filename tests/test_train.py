@@ -131,3 +131,14 @@ def test_learning_rate_schedules_with_warmup(scheduler, tiny_run_yaml):
         assert factors[49] == 1.0 and factors[50] == pytest.approx(0.1) and factors[80] == pytest.approx(0.01)
     else:
         assert set(factors[10:]) == {1.0}
+
+
+def test_bf16_training_learns_and_stays_finite(tiny_run_yaml, tmp_path):
+    config = load_run_config(tiny_run_yaml)
+    config.train.precision = "bf16"
+    config.train.epochs = 3
+    stats = Trainer(config, RunPaths(tmp_path / "bf16"), progress=False).fit(resume=False)
+    losses = [s.loss for s in stats]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+    assert config.run_id != load_run_config(tiny_run_yaml).run_id
