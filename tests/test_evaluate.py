@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,31 +32,14 @@ from ssdstudy.evaluate import (
 )
 from ssdstudy.evaluate.reference import reference_average_precision, reference_outcomes
 
-try:  # the real record when the data package is there; the evaluator only duck-types
-    from ssdstudy.data import Record as _Record
-except ImportError:  # pragma: no cover - only while the data package is being written
-    _Record = None
-
-
-@dataclass
-class _LocalRecord:
-    image_id: str
-    image_path: Path
-    width: int
-    height: int
-    boxes: np.ndarray
-    labels: np.ndarray
-    difficult: np.ndarray
-    truncated: np.ndarray
-    annotation_path: Path
+from ssdstudy.data import Record
 
 
 def record(image_id, boxes, labels, difficult=None, width=100, height=100):
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     k = len(boxes)
     difficult = np.zeros(k, bool) if difficult is None else np.asarray(difficult, bool)
-    cls = _Record or _LocalRecord
-    return cls(
+    return Record(
         image_id=image_id,
         image_path=Path(f"{image_id}.jpg"),
         width=width,

@@ -205,9 +205,8 @@ def test_predict_and_timed_predict_on_a_model():
 
 
 def test_predict_with_the_project_model():
-    build_model = getattr(pytest.importorskip("ssdstudy.model"), "build_model", None)
-    if build_model is None:
-        pytest.skip("ssdstudy.model.build_model is not available")
+    from ssdstudy.model import build_model
+
     torch.manual_seed(0)
     model = build_model("mobilenet_v1", 21)
     images = torch.randn(2, 3, 300, 300)
