@@ -29,7 +29,7 @@ from ssdstudy.predict import postprocess
 from ssdstudy.runs import RunPaths, read_config
 from ssdstudy.timing import time_model
 from ssdstudy.train import Trainer
-from ssdstudy.workspace import Workspace, available_devices, resolve_device
+from ssdstudy.workspace import Workspace, available_devices
 
 
 def detect_records(
@@ -177,4 +177,4 @@ def sample_detections(run_dir: str | Path, n: int = 4, score_threshold: float = 
     return out
 
 
-__all__ = ["execute_run", "detect_records", "load_model", "sample_detections", "resolve_device"]
+__all__ = ["execute_run", "detect_records", "load_model", "sample_detections", "timing_images"]

@@ -5,8 +5,9 @@ uninterrupted run.
 Reproducibility: every epoch re-seeds the global RNGs and the data-loader generator
 from ``(seed, epoch)``, so epoch ``k`` sees the same shuffling and augmentation whether
 it follows epoch ``k - 1`` in the same process or a resumed one; the checkpoint needs
-no RNG state and holds plain tensors and data only (it loads with ``weights_only``). On the CPU the same
-seed gives the same run; on a GPU non-deterministic kernels may differ slightly.
+no RNG state and holds plain tensors and data only (it loads with ``weights_only``).
+On the CPU the same seed gives the same run; on a GPU non-deterministic kernels may
+differ slightly.
 """
 
 from __future__ import annotations
