@@ -26,10 +26,12 @@ from ssdstudy.runs import RESULTS
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/synth", help="generated dataset (written if missing)")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--optimizer", default="adamw", choices=["sgd", "adamw"])
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"],
+                        help="bf16 autocast trains about 1.5x faster on CPUs with AVX512-BF16")
     parser.add_argument("--budget-minutes", type=float, default=30.0)
     parser.add_argument("--target-map", type=float, default=0.6)
     parser.add_argument("--threads", type=int, default=2)
@@ -42,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         "augment": {"enabled": True},
         "loss": {"neg_pos_ratio": 3},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
-                  "lr": args.lr, "warmup_epochs": 0.5, "scheduler": "cosine", "threads": args.threads,
-                  "device": "cpu"},
+                  "lr": args.lr, "precision": args.precision, "warmup_epochs": 0.5, "scheduler": "cosine",
+                  "threads": args.threads, "device": "cpu"},
         "timing": {"images": 20, "devices": ["cpu"]},
     }))
     run_dir = RESULTS / "benchmarks" / "runs" / config.run_id
