@@ -141,3 +141,35 @@ def test_detect_unreadable_image(trained, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really")
     one_clear_line(run_cli("detect", str(trained / "checkpoint.pt"), str(bad), "--out", str(tmp_path)), str(bad))
+
+
+def test_bench_writes_a_hardware_file_with_each_backbones_training_set(tmp_path, tiny_synth, monkeypatch):
+    """`ssdstudy bench` times each backbone and derives its epoch time from the training
+    images that backbone's runs use (the profile's study.backbones layer included)."""
+    from ssdstudy import config
+
+    profiles = tmp_path / "parameters" / "profiles"
+    profiles.mkdir(parents=True)
+    (profiles / "benchtest.yaml").write_text(
+        "study:\n  backbones:\n    vgg16: {data: {max_train_images: 16}}\n"
+        f"data: {{root: {tiny_synth}, synth: null}}\n"
+        "model: {image_size: 96}\n"
+        "train: {batch_size: 4, device: cpu}\n"
+        "timing: {images: 2, warmup: 1, throughput_batch: 2, devices: [cpu]}\n"
+    )
+    monkeypatch.setattr(config, "PARAMETERS", tmp_path / "parameters")
+    out = tmp_path / "machine.json"
+    assert main(["bench", "--profile", "benchtest", "--devices", "cpu", "--train-steps", "1",
+                 "--width", "0.25", "--machine", "test-box", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"] == "test-box" and result["profile"] == "benchtest"
+    entries = {e["backbone"]: e for e in result["entries"]}
+    assert set(entries) == {"vgg16", "mobilenet_v1"}
+    assert entries["vgg16"]["train_images"] == 16
+    assert entries["mobilenet_v1"]["train_images"] == 32
+    assert entries["mobilenet_v1"]["width"] == 0.25
+    for e in entries.values():
+        assert e["image_size"] == 96
+        assert e["timing"]["images"] == 2
+        assert e["timing"]["prediction_ms"]["median"] > 0 and e["timing"]["inference_ms"]["median"] > 0
+        assert e["epoch_seconds"] == pytest.approx(e["train_images"] / e["train_images_per_s"])

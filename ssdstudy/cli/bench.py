@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ssdstudy import provenance
-    from ssdstudy.config import load_profile
+    from ssdstudy.config import build_config, read_profile
     from ssdstudy.model import build_model
     from ssdstudy.pipeline import load_model, timing_images
     from ssdstudy.runs import RunPaths
@@ -47,26 +47,38 @@ def run(args: argparse.Namespace) -> int:
     from ssdstudy.train import Trainer
     from ssdstudy.workspace import Workspace, available_devices
 
-    base = load_profile(args.profile)
-    if args.image_size:
-        base.model.image_size = args.image_size
-    if args.images:
-        base.timing.images = args.images
+    profile = read_profile(args.profile)
+
+    def bench_config(backbone: str, model: dict | None = None):
+        """The profile's run of ``backbone`` (its study.backbones layer included), as asked."""
+        asked = {"model": {"backbone": backbone}}
+        if args.image_size:
+            asked["model"]["image_size"] = args.image_size
+        asked["model"].update(model or {})
+        if args.images:
+            asked["timing"] = {"images": args.images}
+        layers = [profile.layer, ("ssdstudy bench", asked)]
+        if backbone in profile.study.backbones:
+            layers.insert(1, (f"{profile.layer[0]} study.backbones.{backbone}", profile.study.backbones[backbone]))
+        return build_config(*layers)
+
     devices = args.devices or available_devices()
-    workspace = Workspace(base)
-    entries = []
     models = []
     if args.checkpoint:
         model, cfg, _ = load_model(args.checkpoint)
-        models.append((cfg, model))
+        # the trained model fixes the input size and width
+        models.append((bench_config(cfg.model.backbone, {"width": cfg.model.width,
+                                                         "image_size": cfg.model.image_size}), model))
     else:
         for backbone in args.backbones:
-            cfg = dataclasses.replace(base, model=dataclasses.replace(
-                base.model, backbone=backbone, width=args.width if backbone == "mobilenet_v1" else 1.0,
-                pretrained=None))
-            models.append((cfg, build_model(backbone, len(workspace.class_names) + 1,
+            cfg = bench_config(backbone, {"width": args.width if backbone == "mobilenet_v1" else 1.0,
+                                          "pretrained": None})
+            classes = Workspace(cfg).class_names
+            models.append((cfg, build_model(backbone, len(classes) + 1,
                                             width=cfg.model.width, image_size=cfg.model.image_size)))
+    entries = []
     for cfg, model in models:
+        workspace = Workspace(cfg)
         images, sizes = timing_images(model, workspace.test_records, cfg)
         for dev in devices:
             for n in (args.threads or [None]) if dev == "cpu" else [None]:
