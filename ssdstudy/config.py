@@ -345,6 +345,15 @@ class Profile:
     def name(self) -> str:
         return self.info.name
 
+    def run_config(self, *layers: tuple[str, dict[str, Any]]) -> RunConfig:
+        """A run of this profile: its own layer, then the ``study.backbones`` layer of the
+        run's backbone, then ``layers`` (an experiment's, a command's)."""
+        backbone = build_config(self.layer, *layers).model.backbone
+        stack = [self.layer]
+        if backbone in self.study.backbones:
+            stack.append((f"{self.layer[0]} study.backbones.{backbone}", self.study.backbones[backbone]))
+        return build_config(*stack, *layers)
+
 
 def profile_path(name: str) -> Path:
     return PARAMETERS / "profiles" / f"{name}.yaml"

@@ -31,7 +31,6 @@ from ssdstudy.config import (
     ConfigError,
     Profile,
     RunConfig,
-    build_config,
     from_dict,
     read_profile,
     read_yaml,
@@ -97,12 +96,7 @@ def read_experiment(name: str, profile: Profile) -> Experiment:
         extra = profile.study.overrides.get(name)
         if extra:
             stack.append((f"{profile.layer[0]} study.overrides.{name}", extra))
-        # the backbone's layer goes right above the profile's, under the experiment's
-        backbone = build_config(profile.layer, *stack).model.backbone
-        if backbone in profile.study.backbones:
-            stack.insert(0, (f"{profile.layer[0]} study.backbones.{backbone}", profile.study.backbones[backbone]))
-        stack.insert(0, profile.layer)
-        runs.append(build_config(*stack))
+        runs.append(profile.run_config(*stack))
         layers.append(layer)
     return Experiment(name=name, info=info, runs=runs, layers=layers)
 

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ssdstudy import provenance
-    from ssdstudy.config import build_config, read_profile
+    from ssdstudy.config import read_profile
     from ssdstudy.model import build_model
     from ssdstudy.pipeline import load_model, timing_images
     from ssdstudy.runs import RunPaths
@@ -57,10 +57,7 @@ def run(args: argparse.Namespace) -> int:
         asked["model"].update(model or {})
         if args.images:
             asked["timing"] = {"images": args.images}
-        layers = [profile.layer, ("ssdstudy bench", asked)]
-        if backbone in profile.study.backbones:
-            layers.insert(1, (f"{profile.layer[0]} study.backbones.{backbone}", profile.study.backbones[backbone]))
-        return build_config(*layers)
+        return profile.run_config(("ssdstudy bench", asked))
 
     devices = args.devices or available_devices()
     models = []
