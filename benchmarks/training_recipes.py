@@ -102,8 +102,9 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     metrics = evaluate(ws.test_records, dets, ws.class_names, coco=False, size_bins=False)
     return {
         "variant": name, "images_seen": len(stats) * trainer.steps_per_epoch * config.train.batch_size,
-        "final_loss": stats[-1].loss, "loc_loss": stats[-1].loc_loss, "cls_loss": stats[-1].cls_loss,
-        "voc07_map": float(metrics["voc07_map"]), "training_minutes": minutes,
+        "epoch_losses": [s.loss for s in stats], "final_loss": stats[-1].loss,
+        "loc_loss": stats[-1].loc_loss, "cls_loss": stats[-1].cls_loss,
+        "voc07_map": float(metrics["voc07_map"]), "wall_minutes": minutes,
     }
 
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run_variant(name, args)
         rows.append(row)
         print(f"{name:18s} {row['images_seen']:6d} images  loss {row['final_loss']:.3f}  "
-              f"VOC07 mAP {row['voc07_map']:.3f}  ({row['training_minutes']:.1f} min)", flush=True)
+              f"VOC07 mAP {row['voc07_map']:.3f}  ({row['wall_minutes']:.1f} min)", flush=True)
     if args.json:
         figures = {"benchmark": "benchmarks/training_recipes.py", "epochs": args.epochs, "threads": args.threads,
                    "variants": rows, "provenance": provenance.collect("cpu", seed=0)}
