@@ -64,18 +64,17 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         model, cfg, _ = load_model(args.checkpoint)
         # the trained model fixes the input size and width
-        models.append((bench_config(cfg.model.backbone, {"width": cfg.model.width,
-                                                         "image_size": cfg.model.image_size}), model))
+        cfg = bench_config(cfg.model.backbone, {"width": cfg.model.width, "image_size": cfg.model.image_size})
+        models.append((cfg, Workspace(cfg), model))
     else:
         for backbone in args.backbones:
             cfg = bench_config(backbone, {"width": args.width if backbone == "mobilenet_v1" else 1.0,
                                           "pretrained": None})
-            classes = Workspace(cfg).class_names
-            models.append((cfg, build_model(backbone, len(classes) + 1,
-                                            width=cfg.model.width, image_size=cfg.model.image_size)))
+            workspace = Workspace(cfg)
+            models.append((cfg, workspace, build_model(backbone, len(workspace.class_names) + 1,
+                                                       width=cfg.model.width, image_size=cfg.model.image_size)))
     entries = []
-    for cfg, model in models:
-        workspace = Workspace(cfg)
+    for cfg, workspace, model in models:
         images, sizes = timing_images(model, workspace.test_records, cfg)
         for dev in devices:
             for n in (args.threads or [None]) if dev == "cpu" else [None]:
