@@ -48,7 +48,12 @@ class DataConfig:
     #: VOC years (folder suffixes) read for each split; null: every year that has the split.
     train_years: list[str] | None = None
     test_years: list[str] | None = None
+    #: Train on objects marked difficult (the study leaves them out).
     keep_difficult: bool = False
+    #: Difficult objects of the test split: "ignore" keeps them as objects that count
+    #: neither as found nor as missed (the VOC devkit's rule and the original code's
+    #: evaluation); "drop" removes them, so a detection of one is a false positive.
+    test_difficult: Literal["ignore", "drop"] = "ignore"
     on_error: Literal["raise", "skip"] = "raise"
     #: Write the generated dataset at ``root`` if it is missing (null: never).
     synth: SynthConfig | None = field(default_factory=SynthConfig)

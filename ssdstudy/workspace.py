@@ -81,20 +81,23 @@ class Workspace:
 
         return tuple(read_class_names(self.root))
 
-    def _records(self, split: str, years: list[str] | None, limit: int | None) -> list:
+    def _records(self, split: str, years: list[str] | None, limit: int | None, keep_difficult: bool) -> list:
         from ssdstudy.data import load_split
 
-        d = self.config.data
         records = load_split(
             self.root, split, years=years, class_names=self.class_names,
-            keep_difficult=d.keep_difficult, on_error=d.on_error,
+            keep_difficult=keep_difficult, on_error=self.config.data.on_error,
         )
         return records[:limit] if limit else records
 
     @cached_property
     def train_records(self) -> list:
-        return self._records(self.config.data.train_split, self.config.data.train_years, self.config.data.max_train_images)
+        d = self.config.data
+        return self._records(d.train_split, d.train_years, d.max_train_images, d.keep_difficult)
 
     @cached_property
     def test_records(self) -> list:
-        return self._records(self.config.data.test_split, self.config.data.test_years, self.config.data.max_test_images)
+        """The test split; with ``data.test_difficult: ignore`` its difficult objects stay,
+        flagged, for the evaluation to ignore (see :func:`ssdstudy.evaluate.evaluate`)."""
+        d = self.config.data
+        return self._records(d.test_split, d.test_years, d.max_test_images, d.test_difficult == "ignore")

@@ -125,6 +125,30 @@ def test_eval_detections_file_perfect_detector(tmp_path, tiny_synth, capsys):
     assert result["voc_map"] == pytest.approx(1.0)
 
 
+def test_eval_difficult_ignored_by_default_dropped_on_request(tmp_path, tiny_synth, capsys):
+    """A detector that also finds the difficult objects: VOC's rule ignores those hits
+    (mAP stays 1); with --difficult drop they are false positives ranked first."""
+    from ssdstudy.data import load_split, read_class_names
+
+    names = read_class_names(tiny_synth)
+    records = load_split(tiny_synth, "test", keep_difficult=True)
+    assert any(r.difficult.any() for r in records), "the fixture's test split should hold difficult objects"
+    dets = [
+        {"image_id": r.image_id, "label": names[int(label) - 1], "bbox": [float(v) for v in box],
+         "score": 0.95 if hard else 0.9}
+        for r in records
+        for box, label, hard in zip(r.boxes, r.labels, r.difficult)
+    ]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    scores = {}
+    for rule in ("ignore", "drop"):
+        assert main(["eval", "--data", str(tiny_synth), "--detections", str(path), "--difficult", rule, "--json"]) == 0
+        scores[rule] = json.loads(capsys.readouterr().out)["voc07_map"]
+    assert scores["ignore"] == pytest.approx(1.0)
+    assert scores["drop"] < 0.99
+
+
 def test_detect_draws_boxes(trained, tiny_synth, tmp_path):
     from PIL import Image
 

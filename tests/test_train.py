@@ -142,3 +142,17 @@ def test_bf16_training_learns_and_stays_finite(tiny_run_yaml, tmp_path):
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
     assert config.run_id != load_run_config(tiny_run_yaml).run_id
+
+
+@pytest.mark.parametrize("rule", ["ignore", "drop"])
+def test_difficult_objects_left_out_of_training_and_flagged_for_the_test(rule, tiny_run_yaml):
+    """The study trains without difficult objects; the test split keeps them, flagged, for
+    the evaluation to ignore (VOC's rule), unless data.test_difficult is "drop"."""
+    from ssdstudy.workspace import Workspace
+
+    config = load_run_config(tiny_run_yaml)
+    config.data.test_difficult = rule
+    ws = Workspace(config)
+    assert not any(r.difficult.any() for r in ws.train_records)
+    flagged = sum(int(r.difficult.sum()) for r in ws.test_records)
+    assert (flagged > 0) if rule == "ignore" else (flagged == 0)

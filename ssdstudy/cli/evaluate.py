@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="an ssdstudy checkpoint")
     src.add_argument("--detections", help='a JSON list of {"image_id", "label", "bbox": [x1,y1,x2,y2], "score"}')
-    p.add_argument("--keep-difficult", action="store_true",
-                   help="keep difficult objects (VOC: neither true nor false positives)")
+    p.add_argument("--difficult", choices=["ignore", "drop"], default="ignore",
+                   help="difficult objects: ignore (VOC's rule and the study runs': neither true nor "
+                   "false positives; default) or drop (a detection of one is a false positive)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=run)
@@ -38,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         model, config, class_names = load_model(args.checkpoint, device)
         records = load_split(args.data, args.split, years=args.years, class_names=class_names,
-                             keep_difficult=args.keep_difficult)
+                             keep_difficult=args.difficult == "ignore")
         detections = detect_records(model, records, config, torch.device(device), progress=not args.json)
     else:
         class_names = tuple(read_class_names(args.data))
         records = load_split(args.data, args.split, years=args.years, class_names=class_names,
-                             keep_difficult=args.keep_difficult)
+                             keep_difficult=args.difficult == "ignore")
         detections = read_detections(args.detections, records, class_names)
     result = evaluate(records, detections, class_names)
     if args.json:
