@@ -16,6 +16,13 @@ The criteria are stated in each check's sentence, so the book shows both the ver
 and the numbers behind it. They test the direction of each effect, not its size: the
 study's "greatly" and "slightly" have no threshold to reproduce, and results on the
 generated dataset are not comparable in magnitude with VOC's.
+
+A direction can be noise. Where a check compares the mAP of two runs scored on the
+same test images and both run folders hold ``outcomes.npz``, a paired bootstrap of the
+test images (:mod:`ssdstudy.evaluate.bootstrap`) gives the difference a 95 % interval;
+when the interval holds 0 the check is *too close to call* instead of holding or not.
+A verdict with such a check is at best ``partly supported``, and ``too close to call``
+when no check could be settled.
 """
 
 from __future__ import annotations
@@ -23,10 +30,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from ssdstudy.evaluate.bootstrap import MapDifference, Outcomes, paired_difference
 
 __all__ = [
     "BOTTLENECK_SHARE",
@@ -44,6 +55,7 @@ __all__ = [
     "claim_training_devices",
     "claim_width",
     "combine_frames",
+    "map_difference",
     "select_hardware",
     "verdict_table",
 ]
@@ -82,12 +94,14 @@ VGG, MOBILENET = "vgg16", "mobilenet_v1"
 
 @dataclass(frozen=True)
 class Check:
-    """One testable part of a claim: a sentence, whether it holds (None: untestable),
-    and the numbers behind the answer."""
+    """One testable part of a claim: a sentence, whether it holds (None: untestable, or
+    ``undecided``: the difference is within the test set's sampling noise), and the
+    numbers behind the answer."""
 
     statement: str
     holds: bool | None
     detail: str = ""
+    undecided: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,24 +119,32 @@ class Verdict:
         return [c for c in self.checks if c.holds is not None]
 
     @property
+    def undecided(self) -> list[Check]:
+        return [c for c in self.checks if c.undecided]
+
+    @property
     def status(self) -> str:
-        """``supported``, ``partly supported``, ``refuted`` or ``cannot test``."""
-        tested = self.tested
+        """``supported``, ``partly supported``, ``refuted``, ``too close to call`` or
+        ``cannot test``. A check too close to call keeps a verdict from ``supported``
+        and from ``refuted``."""
+        tested, undecided = self.tested, self.undecided
         if not tested:
-            return "cannot test"
+            return "too close to call" if undecided else "cannot test"
         held = sum(bool(c.holds) for c in tested)
-        if held == len(tested):
+        if held == len(tested) and not undecided:
             return "supported"
-        return "refuted" if held == 0 else "partly supported"
+        return "refuted" if held == 0 and not undecided else "partly supported"
 
     def summary(self) -> str:
-        """``"2 of 3 checks hold, 1 untestable"``."""
-        tested = self.tested
-        if not tested:
-            return "no check could be made"
-        text = f"{sum(bool(c.holds) for c in tested)} of {len(tested)} checks hold"
-        untested = len(self.checks) - len(tested)
-        return text + (f", {untested} untestable" if untested else "")
+        """``"2 of 3 checks hold, 1 too close to call, 1 untestable"``."""
+        tested, undecided = self.tested, self.undecided
+        untested = len(self.checks) - len(tested) - len(undecided)
+        parts = [f"{sum(bool(c.holds) for c in tested)} of {len(tested)} checks hold"] if tested else []
+        if undecided:
+            parts.append(f"{len(undecided)} too close to call")
+        if untested:
+            parts.append(f"{untested} untestable")
+        return ", ".join(parts) if tested or undecided else "no check could be made"
 
     def markdown(self) -> str:
         """The verdict as a MyST/Markdown block: claim, verdict, one bullet per check."""
@@ -131,7 +153,7 @@ class Verdict:
                  f"**Verdict: {self.status}** ({self.summary()}).", ""]
         for c in self.checks:
             detail = f": {c.detail}" if c.detail else ""
-            lines.append(f"- {c.statement}: *{mark[c.holds]}*{detail}.")
+            lines.append(f"- {c.statement}: *{'too close to call' if c.undecided else mark[c.holds]}*{detail}.")
         if self.note:
             lines += ["", self.note]
         return "\n".join(lines)
@@ -179,6 +201,58 @@ def _missing(what: str) -> Check:
     return Check(what, None, "no finished run to compare")
 
 
+@lru_cache(maxsize=256)
+def _outcomes(path: str, mtime: float) -> Outcomes:
+    return Outcomes.load(path)
+
+
+def map_difference(a: pd.DataFrame, b: pd.DataFrame) -> MapDifference | None:
+    """Paired-bootstrap difference of VOC07 mAP, run ``a`` minus run ``b``, when each
+    frame is one run whose folder (column ``run_dir``) holds ``outcomes.npz`` and both
+    were scored on the same images; None otherwise."""
+    if len(a) != 1 or len(b) != 1 or "run_dir" not in a.columns or "run_dir" not in b.columns:
+        return None
+    files = [Path(str(f.iloc[0]["run_dir"])) / "outcomes.npz" for f in (a, b)]
+    if not all(f.is_file() for f in files):
+        return None
+    first, second = (_outcomes(str(f), f.stat().st_mtime) for f in files)
+    try:
+        return paired_difference(first, second)
+    except ValueError:
+        return None
+
+
+def _budget_note(vgg: pd.DataFrame, mobilenet: pd.DataFrame) -> str:
+    """A sentence when the two backbones' runs were trained on different numbers of
+    images (a profile may give the slower VGG16 fewer): their mAPs then compare budgets
+    as much as backbones."""
+    seen = []
+    for rows in (vgg, mobilenet):
+        images, epochs = _mean(rows, "train_images"), _mean(rows, "epochs")
+        if images is None or epochs is None:
+            return ""
+        seen.append((images, epochs))
+    if seen[0] == seen[1]:
+        return ""
+    (vi, ve), (mi, me) = seen
+    return (f"The two backbones were not trained on the same budget: VGG16 on {vi:,.0f} images for "
+            f"{ve:.0f} epochs, MobileNetV1 on {mi:,.0f} for {me:.0f} (the profile's choice, to fit "
+            "its time). Their mAPs compare the budgets as much as the backbones.")
+
+
+def _map_check(text: str, higher: pd.DataFrame, lower: pd.DataFrame, detail: str) -> Check:
+    """Check that run ``higher`` has the higher mAP than run ``lower``; too close to call
+    when the bootstrap interval of the difference holds 0."""
+    a, b = _mean(higher, "voc07_map"), _mean(lower, "voc07_map")
+    if a is None or b is None:
+        return _missing(text)
+    diff = map_difference(higher, lower)
+    if diff is None:
+        return Check(text, a > b, detail)
+    detail = f"{detail}; {diff.text()}"
+    return Check(text, diff.difference > 0, detail) if diff.settled else Check(text, None, detail, undecided=True)
+
+
 def _device(df: pd.DataFrame) -> str:
     if "device_name" in df.columns and df["device_name"].notna().any():
         names = sorted({str(n) for n in df["device_name"].dropna() if str(n)})
@@ -221,13 +295,12 @@ def claim_backbone(df: pd.DataFrame) -> Verdict:
         a, b = _mean(v, col), _mean(m, col)
         if a is None or b is None:
             checks.append(_missing(text))
-            continue
-        if col == "prediction_ms":
+        elif col == "prediction_ms":
             detail = f"VGG16 {a:.3g} ms against MobileNetV1 {b:.3g} ms on {_device(pd.concat([v, m]))}"
+            checks.append(Check(text, a > b, detail))
         else:
-            detail = f"VGG16 {a:.3f} against MobileNetV1 {b:.3f}"
-        checks.append(Check(text, a > b, detail))
-    return Verdict(1, tuple(checks))
+            checks.append(_map_check(text, v, m, f"VGG16 {a:.3f} against MobileNetV1 {b:.3f}"))
+    return Verdict(1, tuple(checks), _budget_note(v, m))
 
 
 def _small_gain_check(name: str, on: pd.DataFrame, off: pd.DataFrame) -> Check:
@@ -254,7 +327,7 @@ def claim_augmentation(df: pd.DataFrame) -> Verdict:
         a, b = _mean(on, "voc07_map"), _mean(off, "voc07_map")
         text = f"augmentation raises {name}'s mAP"
         checks.append(_missing(text) if a is None or b is None
-                      else Check(text, a > b, f"{b:.3f} without, {a:.3f} with ({a - b:+.3f})"))
+                      else _map_check(text, on, off, f"{b:.3f} without, {a:.3f} with"))
         checks.append(_small_gain_check(name, on, off))
         a, b = _mean(on, "epoch_seconds"), _mean(off, "epoch_seconds")
         text = f"an epoch of {name} takes less time without augmentation"
@@ -379,7 +452,7 @@ def claim_mining(df: pd.DataFrame) -> Verdict:
             checks.append(_missing(text))
         else:
             drops[backbone] = a - b
-            checks.append(Check(text, b < a, f"{a:.3f} with 3:1 mining, {b:.3f} without"))
+            checks.append(_map_check(text, on, off, f"{a:.3f} with 3:1 mining, {b:.3f} without"))
         a, b = _mean(on, "prediction_ms"), _mean(off, "prediction_ms")
         text = f"without mining {name}'s prediction takes longer"
         checks.append(_missing(text) if a is None or b is None
@@ -388,13 +461,14 @@ def claim_mining(df: pd.DataFrame) -> Verdict:
     checks.append(Check(text, drops[MOBILENET] > drops[VGG],
                         f"{drops[MOBILENET]:.3f} against {drops[VGG]:.3f}")
                   if len(drops) == 2 else _missing(text))
-    v, m = _mean(_run(df, VGG, mining="3:1"), "voc07_map"), _mean(_run(df, MOBILENET, mining="3:1"), "voc07_map")
+    v_rows, m_rows = _run(df, VGG, mining="3:1"), _run(df, MOBILENET, mining="3:1")
+    v, m = _mean(v_rows, "voc07_map"), _mean(m_rows, "voc07_map")
     text = "with mining on this schedule MobileNetV1-SSD beats VGG16-SSD"
     epochs = _mean(df, "epochs") if df is not None else None
     when = f" after {epochs:.0f} epochs" if epochs is not None else ""
     checks.append(_missing(text) if v is None or m is None
-                  else Check(text, m > v, f"MobileNetV1 {m:.3f}, VGG16 {v:.3f}{when}"))
-    return Verdict(6, tuple(checks))
+                  else _map_check(text, m_rows, v_rows, f"MobileNetV1 {m:.3f}, VGG16 {v:.3f}{when}"))
+    return Verdict(6, tuple(checks), _budget_note(v_rows, m_rows))
 
 
 def claim_sizes(df: pd.DataFrame) -> Verdict:
@@ -436,7 +510,7 @@ def claim_sizes(df: pd.DataFrame) -> Verdict:
     else:
         a, b = float(np.mean([m[k] for k in common])), float(np.mean([v[k] for k in common]))
         checks.append(Check(text, a > b, f"mean mAP over bins {', '.join(common)}: MobileNetV1 {a:.3f}, VGG16 {b:.3f}"))
-    return Verdict(7, tuple(checks))
+    return Verdict(7, tuple(checks), _budget_note(_run(df, VGG), _run(df, MOBILENET)))
 
 
 _FASTEST = {VGG: ("P100", re.compile(r"P100")), MOBILENET: ("T4", re.compile(r"\bT4\b"))}

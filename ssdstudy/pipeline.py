@@ -122,8 +122,11 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
     if not paths.metrics.is_file():
         dets = detect_records(model, workspace.test_records, config, device, progress=progress)
         metrics = evaluate(workspace.test_records, dets, workspace.class_names)
-        from ssdstudy.evaluate import to_json
+        from ssdstudy.evaluate import to_json, voc_matches
+        from ssdstudy.evaluate.bootstrap import Outcomes
 
+        matches = voc_matches(workspace.test_records, dets, workspace.class_names)
+        Outcomes.from_matches(matches, [r.image_id for r in workspace.test_records]).save(paths.outcomes)
         provenance.write_json(paths.metrics, to_json(metrics))
     metrics = json.loads(paths.metrics.read_text())
 

@@ -64,6 +64,7 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
     cpu = timing.get("cpu") or next(iter(timing.values()), {})
     row: dict[str, Any] = {
         "run_id": paths.root.name,
+        "run_dir": str(paths.root),
         "label": run_label(config),
         "backbone": config["model"]["backbone"],
         "width": float(config["model"]["width"]),
@@ -72,6 +73,7 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
         "neg_pos_ratio": config["loss"]["neg_pos_ratio"],
         "image_size": config["model"]["image_size"],
         "epochs": int(history["epoch"].max()) if len(history) else 0,
+        "train_images": _nan(config["data"].get("max_train_images")),
         "voc07_map": _nan(metrics.get("voc07_map")),
         "voc_map": _nan(metrics.get("voc_map")),
         "coco_ap": _nan((metrics.get("coco") or {}).get("AP")),

@@ -85,8 +85,15 @@ def trained(tmp_path_factory, tiny_synth) -> Path:
 
 
 def test_train_writes_every_result_file(trained):
-    for name in ("config.yaml", "history.csv", "checkpoint.pt", "metrics.json", "timing.json", "provenance.json"):
+    for name in ("config.yaml", "history.csv", "checkpoint.pt", "metrics.json", "outcomes.npz", "timing.json",
+                 "provenance.json"):
         assert (trained / name).is_file(), name
+    from ssdstudy.evaluate.bootstrap import Outcomes
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    outcomes = Outcomes.load(trained / "outcomes.npz")
+    assert outcomes.num_images == metrics["images"]
+    assert outcomes.voc07_map()[0] == pytest.approx(metrics["voc07_map"], abs=1e-9)
     prov = json.loads((trained / "provenance.json").read_text())
     for key in ("git", "python", "torch", "torchvision", "ssdstudy", "device_name", "cpu", "threads", "seed"):
         assert key in prov

@@ -7,6 +7,7 @@ Main entry point: :func:`evaluate`. Modules:
 * :mod:`~ssdstudy.evaluate.core`: :func:`evaluate` and the size-bin breakdown;
 * :mod:`~ssdstudy.evaluate.io`: the JSON detections file;
 * :mod:`~ssdstudy.evaluate.report`: a JSON-safe copy of a result and a text table;
+* :mod:`~ssdstudy.evaluate.bootstrap`: bootstrap intervals of mAP differences (paired runs);
 * :mod:`~ssdstudy.evaluate.reference`: a slow loop transcription of the devkit, an oracle.
 """
 

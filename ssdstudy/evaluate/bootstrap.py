@@ -1,0 +1,193 @@
+"""How much of a difference in mAP is the test set's sampling noise: a paired bootstrap.
+
+Two runs scored on the same test images differ in mAP partly because of what they
+learnt and partly because of which images happen to be in the test split. Resampling
+the test images with replacement (the bootstrap), scoring both runs on every resample
+and reading the spread of their difference answers "would another test set of the same
+kind reverse this?". The resamples are paired: both runs see the same images each time.
+
+Rescoring needs no second matching. VOC matching is per image, so a detection's outcome
+(true positive, false positive or ignored) does not change when its image is drawn
+again; drawing an image ``k`` times weighs its detections and its objects by ``k``.
+:class:`Outcomes` keeps what that needs, one file per run (``outcomes.npz``), and
+:meth:`Outcomes.voc07_map` computes the VOC07 11-point mAP for many weightings at once.
+With all weights 1 it equals :func:`ssdstudy.evaluate.evaluate`'s ``voc07_map``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ssdstudy.evaluate.voc import FALSE_POSITIVE, IGNORED, TRUE_POSITIVE, VOC07_RECALL_THRESHOLDS, VOCMatches
+
+__all__ = ["MapDifference", "Outcomes", "paired_difference", "resample_weights"]
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """The VOC outcome of every detection of one evaluation, and the objects per image.
+
+    Attributes:
+        class_names: C names; class ``i`` has label ``i + 1``.
+        image_ids: I ids of the evaluated images, in order.
+        labels: (N,) int64 1-based labels of the detections, by descending score.
+        image_index: (N,) int64 image of each detection (index into ``image_ids``).
+        outcome: (N,) int8: 1 true positive, 0 false positive, -1 ignored.
+        positives: (I, C) int64 objects per image and class that count (not ignored).
+    """
+
+    class_names: tuple[str, ...]
+    image_ids: tuple[str, ...]
+    labels: np.ndarray
+    image_index: np.ndarray
+    outcome: np.ndarray
+    positives: np.ndarray
+
+    @classmethod
+    def from_matches(cls, matches: VOCMatches, image_ids: list[str] | tuple[str, ...]) -> Outcomes:
+        gt = matches.gt
+        if len(image_ids) != gt.num_images:
+            raise ValueError(f"{len(image_ids)} image ids for {gt.num_images} evaluated images")
+        num_classes = len(matches.class_names)
+        counted = ~gt.ignored
+        positives = np.zeros((gt.num_images, num_classes), dtype=np.int64)
+        np.add.at(positives, (gt.image_index[counted], gt.labels[counted] - 1), 1)
+        return cls(
+            class_names=tuple(matches.class_names),
+            image_ids=tuple(str(i) for i in image_ids),
+            labels=np.asarray(matches.labels, dtype=np.int64),
+            image_index=np.asarray(matches.image_index, dtype=np.int64),
+            outcome=np.asarray(matches.outcome, dtype=np.int8),
+            positives=positives,
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write ``path`` (``.npz``) atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
+        os.close(fd)
+        try:
+            np.savez_compressed(
+                tmp, class_names=np.array(self.class_names), image_ids=np.array(self.image_ids),
+                labels=self.labels, image_index=self.image_index, outcome=self.outcome,
+                positives=self.positives,
+            )
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Outcomes:
+        with np.load(path, allow_pickle=False) as f:
+            return cls(
+                class_names=tuple(str(n) for n in f["class_names"]),
+                image_ids=tuple(str(i) for i in f["image_ids"]),
+                labels=f["labels"].astype(np.int64), image_index=f["image_index"].astype(np.int64),
+                outcome=f["outcome"].astype(np.int8), positives=f["positives"].astype(np.int64),
+            )
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_ids)
+
+    def voc07_map(self, weights: np.ndarray | None = None, chunk: int = 128) -> np.ndarray:
+        """VOC07 11-point mAP with each image counted ``weights[b, i]`` times.
+
+        Args:
+            weights: (B, I) non-negative integer counts (one row per resample); None is
+                a single row of ones (the evaluation as it was).
+            chunk: rows computed at a time (memory: chunk x detections of a class).
+
+        Returns:
+            (B,) float64: the mean over the classes with at least one counted object in
+            that resample (nan when none has).
+        """
+        w = np.ones((1, self.num_images)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.ndim != 2 or w.shape[1] != self.num_images:
+            raise ValueError(f"weights must have shape (B, {self.num_images}), got {w.shape}")
+        return np.concatenate([self._voc07_map(w[s : s + chunk]) for s in range(0, len(w), chunk)])
+
+    def _voc07_map(self, w: np.ndarray) -> np.ndarray:
+        num_classes = len(self.class_names)
+        npos = w @ self.positives  # (B, C)
+        ap = np.full((len(w), num_classes), np.nan)
+        kept = self.outcome != IGNORED
+        for c in range(num_classes):
+            has_objects = npos[:, c] > 0
+            ap[has_objects, c] = 0.0
+            select = kept & (self.labels == c + 1)
+            if not select.any() or not has_objects.any():
+                continue
+            dw = w[:, self.image_index[select]]  # (B, D): each detection's weight
+            outcome = self.outcome[select]
+            tp = np.cumsum(dw * (outcome == TRUE_POSITIVE), axis=1)
+            fp = np.cumsum(dw * (outcome == FALSE_POSITIVE), axis=1)
+            precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recall = tp / npos[:, c : c + 1]
+            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+            rows = np.arange(len(w))
+            total = np.zeros(len(w))
+            for t in VOC07_RECALL_THRESHOLDS:
+                # Recall never falls along a row: the first point reaching t follows
+                # every point below it (searchsorted "left", as the evaluation).
+                first = np.count_nonzero(recall < t, axis=1)
+                reached = first < recall.shape[1]
+                total[reached] += envelope[rows[reached], first[reached]]
+            ap[has_objects, c] = total[has_objects] / len(VOC07_RECALL_THRESHOLDS)
+        with np.errstate(invalid="ignore"):
+            counted = ~np.isnan(ap)
+            sums = np.where(counted, ap, 0.0).sum(axis=1)
+            n = counted.sum(axis=1)
+            return np.where(n > 0, sums / np.maximum(n, 1), np.nan)
+
+
+def resample_weights(num_images: int, n: int, seed: int = 0) -> np.ndarray:
+    """(n, num_images) counts: ``n`` bootstrap resamples of the images (with replacement)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(num_images, np.full(num_images, 1.0 / num_images), size=n)
+
+
+@dataclass(frozen=True)
+class MapDifference:
+    """VOC07 mAP of run a minus run b on the same test images, with a bootstrap interval."""
+
+    difference: float
+    low: float
+    high: float
+    level: float
+    resamples: int
+
+    @property
+    def settled(self) -> bool:
+        """The interval leaves out 0: the sign of the difference is not sampling noise."""
+        return self.low > 0 or self.high < 0
+
+    def text(self) -> str:
+        return (f"difference {self.difference:+.3f}, {self.level:.0%} interval "
+                f"{self.low:+.3f} to {self.high:+.3f} over {self.resamples} resamples of the test images")
+
+
+def paired_difference(a: Outcomes, b: Outcomes, *, resamples: int = 1000, level: float = 0.95,
+                      seed: int = 0) -> MapDifference:
+    """mAP(a) - mAP(b) and its percentile interval from a paired bootstrap of the test images.
+
+    Raises:
+        ValueError: when the two were not scored on the same images and classes.
+    """
+    if a.image_ids != b.image_ids or a.class_names != b.class_names:
+        raise ValueError("the two evaluations were not made on the same test images and classes")
+    weights = resample_weights(a.num_images, resamples, seed)
+    diffs = a.voc07_map(weights) - b.voc07_map(weights)
+    diffs = diffs[~np.isnan(diffs)]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(diffs, [tail, 100 - tail]) if len(diffs) else (np.nan, np.nan)
+    point = float(a.voc07_map()[0] - b.voc07_map()[0])
+    return MapDifference(point, float(low), float(high), level, int(len(diffs)))

@@ -1,0 +1,168 @@
+"""Tests of ssdstudy.evaluate.bootstrap: weighted rescoring equals evaluating duplicated
+images, the outcomes file, paired intervals, and their use by the claims."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ssdstudy import claims
+from ssdstudy.evaluate import evaluate, voc_matches
+from ssdstudy.evaluate.bootstrap import Outcomes, paired_difference, resample_weights
+from tests.test_evaluate import dets, random_case, record
+
+CLASSES = ("a", "b", "c")
+
+
+def unique_scores(detections, seed):
+    """The random case with distinct scores, so that no order among ties is arbitrary."""
+    rng = np.random.default_rng(seed)
+    return {k: {**v, "scores": rng.random(len(v["scores"])).astype(np.float64)} for k, v in detections.items()}
+
+
+def outcomes_of(records, detections):
+    return Outcomes.from_matches(voc_matches(records, detections, CLASSES), [r.image_id for r in records])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_unit_weights_give_the_evaluation_map(seed):
+    records, detections = random_case(seed, images=60)
+    outcomes = outcomes_of(records, detections)
+    expected = evaluate(records, detections, CLASSES, coco=False, size_bins=False)["voc07_map"]
+    assert outcomes.voc07_map()[0] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_weights_equal_evaluating_duplicated_images(seed):
+    records, detections = random_case(seed, images=40)
+    detections = unique_scores(detections, seed)
+    outcomes = outcomes_of(records, detections)
+    weights = resample_weights(len(records), 5, seed=seed)
+    for row, got in zip(weights, outcomes.voc07_map(weights), strict=True):
+        drawn_records, drawn_dets = [], {}
+        for i, count in enumerate(row):
+            for copy in range(count):
+                new_id = f"{records[i].image_id}-{copy}"
+                drawn_records.append(dataclasses.replace(records[i], image_id=new_id))
+                drawn_dets[new_id] = detections[records[i].image_id]
+        expected = evaluate(drawn_records, drawn_dets, CLASSES, coco=False, size_bins=False)["voc07_map"]
+        assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_outcomes_file_round_trip(tmp_path):
+    records, detections = random_case(1, images=20)
+    outcomes = outcomes_of(records, detections)
+    outcomes.save(tmp_path / "runs" / "outcomes.npz")
+    back = Outcomes.load(tmp_path / "runs" / "outcomes.npz")
+    assert back.class_names == CLASSES and back.image_ids == outcomes.image_ids
+    for field in ("labels", "image_index", "outcome", "positives"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(outcomes, field))
+    assert list(tmp_path.joinpath("runs").iterdir()) == [tmp_path / "runs" / "outcomes.npz"]
+
+
+def test_difference_with_itself_is_zero_and_not_settled():
+    records, detections = random_case(2, images=60)
+    outcomes = outcomes_of(records, detections)
+    diff = paired_difference(outcomes, outcomes, resamples=200)
+    assert (diff.difference, diff.low, diff.high) == (0.0, 0.0, 0.0)
+    assert not diff.settled
+
+
+def perfect_and_noisy(images=80, seed=0):
+    """A detector that finds every object against one that mostly misses: clearly apart."""
+    rng = np.random.default_rng(seed)
+    records, perfect, noisy = [], {}, {}
+    for i in range(images):
+        xy = rng.uniform(0, 50, (2, 2))
+        boxes = np.concatenate([xy, xy + 40], axis=1)
+        labels = rng.integers(1, 4, 2)
+        records.append(record(f"{i:03d}", boxes, labels, width=100, height=100))
+        perfect[f"{i:03d}"] = dets(boxes, rng.uniform(0.5, 1, 2), labels)
+        noisy[f"{i:03d}"] = dets(boxes + 35 * (rng.random((2, 1)) < 0.8), rng.uniform(0.5, 1, 2), labels)
+    return records, perfect, noisy
+
+
+def test_a_clear_difference_is_settled_and_its_interval_holds_it():
+    records, perfect, noisy = perfect_and_noisy()
+    a, b = outcomes_of(records, perfect), outcomes_of(records, noisy)
+    diff = paired_difference(a, b, resamples=300)
+    assert diff.settled and diff.low > 0
+    assert diff.low <= diff.difference <= diff.high
+    assert diff.difference == pytest.approx(1.0 - b.voc07_map()[0])
+
+
+def test_different_test_sets_are_refused():
+    records, detections = random_case(3, images=30)
+    a = outcomes_of(records, detections)
+    b = outcomes_of(records[:-1], {r.image_id: detections[r.image_id] for r in records[:-1]})
+    with pytest.raises(ValueError, match="same test images"):
+        paired_difference(a, b)
+
+
+def _run_frame(tmp_path, name, outcomes, **columns):
+    folder = tmp_path / name
+    outcomes.save(folder / "outcomes.npz")
+    return pd.DataFrame([{"run_id": name, "run_dir": str(folder), "width": 1.0, "mining": "3:1",
+                          "voc07_map": float(outcomes.voc07_map()[0]), **columns}])
+
+
+def test_claims_call_a_noise_level_difference_too_close(tmp_path):
+    records, detections = random_case(4, images=60)
+    same = outcomes_of(records, detections)
+    df = pd.concat([
+        _run_frame(tmp_path, "vgg", same, backbone="vgg16", augment="all", prediction_ms=30.0),
+        _run_frame(tmp_path, "mob", same, backbone="mobilenet_v1", augment="all", prediction_ms=10.0),
+    ], ignore_index=True)
+    verdict = claims.claim_backbone(df)
+    accuracy = verdict.checks[0]
+    assert accuracy.undecided and accuracy.holds is None
+    assert "interval" in accuracy.detail
+    assert verdict.status == "partly supported"  # the timing check holds, accuracy undecided
+    assert "1 too close to call" in verdict.summary()
+    assert "*too close to call*" in verdict.markdown()
+
+
+def test_claims_settle_a_clear_difference(tmp_path):
+    records, perfect, noisy = perfect_and_noisy()
+    df = pd.concat([
+        _run_frame(tmp_path, "vgg", outcomes_of(records, perfect), backbone="vgg16", augment="all",
+                   prediction_ms=30.0),
+        _run_frame(tmp_path, "mob", outcomes_of(records, noisy), backbone="mobilenet_v1", augment="all",
+                   prediction_ms=10.0),
+    ], ignore_index=True)
+    verdict = claims.claim_backbone(df)
+    assert verdict.checks[0].holds is True and not verdict.checks[0].undecided
+    assert verdict.status == "supported"
+
+
+def test_all_checks_too_close_gives_that_verdict():
+    verdict = claims.Verdict(1, (claims.Check("x", None, "d", undecided=True),))
+    assert verdict.status == "too close to call"
+    assert verdict.summary() == "1 too close to call"
+
+
+def test_claims_without_outcome_files_compare_directions(tmp_path):
+    df = pd.DataFrame([
+        {"run_id": "v", "run_dir": str(tmp_path / "v"), "backbone": "vgg16", "augment": "all",
+         "mining": "3:1", "width": 1.0, "voc07_map": 0.30, "prediction_ms": 30.0},
+        {"run_id": "m", "run_dir": str(tmp_path / "m"), "backbone": "mobilenet_v1", "augment": "all",
+         "mining": "3:1", "width": 1.0, "voc07_map": 0.20, "prediction_ms": 10.0},
+    ])
+    verdict = claims.claim_backbone(df)
+    assert verdict.checks[0].holds is True and "interval" not in verdict.checks[0].detail
+
+
+def test_unequal_training_budgets_are_named_in_the_verdict():
+    rows = [
+        {"run_id": "v", "backbone": "vgg16", "augment": "all", "mining": "3:1", "width": 1.0,
+         "voc07_map": 0.01, "prediction_ms": 30.0, "train_images": 350.0, "epochs": 6},
+        {"run_id": "m", "backbone": "mobilenet_v1", "augment": "all", "mining": "3:1", "width": 1.0,
+         "voc07_map": 0.04, "prediction_ms": 10.0, "train_images": 1000.0, "epochs": 6},
+    ]
+    note = claims.claim_backbone(pd.DataFrame(rows)).note
+    assert "not trained on the same budget" in note and "350 images" in note and "1,000" in note
+    rows[0]["train_images"] = 1000.0
+    assert claims.claim_backbone(pd.DataFrame(rows)).note == ""
