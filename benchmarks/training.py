@@ -51,13 +51,29 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = RESULTS / "benchmarks" / "runs" / config.run_id
     result = execute_run(config, run_dir)
     history: pd.DataFrame = result["history"]
+    metrics = result["metrics"]
     minutes = float(history["epoch_seconds"].sum()) / 60
-    voc07 = float(result["metrics"]["voc07_map"])
+    voc07 = float(metrics["voc07_map"])
+    prov = json.loads((Path(run_dir) / "provenance.json").read_text())
     figures = {
+        "benchmark": "benchmarks/training.py",
+        "command": "python benchmarks/training.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{prov.get('cpu')} ({prov.get('cpu_count')} cores), {prov.get('threads')} threads, "
+                   f"device {prov.get('device')}",
         "run_id": config.run_id, "epochs": int(history["epoch"].max()), "training_minutes": minutes,
-        "voc07_map": voc07, "voc_map": result["metrics"]["voc_map"],
+        "voc07_map": voc07, "voc07_map_interval": metrics.get("voc07_map_interval"),
+        "voc_map": metrics["voc_map"],
         "budget_minutes": args.budget_minutes, "target_map": args.target_map,
         "met": bool(minutes <= args.budget_minutes and voc07 >= args.target_map),
+        "settings": (f"MobileNetV1-SSD300 width 1.0 from scratch, 300x300, augmentation on, 3:1 mining, "
+                     f"{args.optimizer} lr {args.lr:g}, batch {args.batch_size}, 0.5-epoch warm-up then cosine, "
+                     f"{args.precision}, {args.threads} threads, 2,000 generated training images, "
+                     f"500 test images (difficult objects ignored, as VOC)"),
+        "ap_per_class_voc07": {name: v["voc07"] for name, v in metrics["ap_per_class"].items()},
+        "size_bins_voc07": {name: v["voc07_map"] for name, v in (metrics.get("size_bins") or {}).items()},
+        "coco": metrics.get("coco"),
+        "history": [list(history.columns)] + history.astype(str).values.tolist(),
+        "provenance": prov,
     }
     print(f"training time {minutes:.1f} min (budget {args.budget_minutes:g}), "
           f"VOC07 mAP {voc07:.3f} (target {args.target_map:g}): {'met' if figures['met'] else 'NOT met'}")

@@ -123,10 +123,12 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
         dets = detect_records(model, workspace.test_records, config, device, progress=progress)
         metrics = evaluate(workspace.test_records, dets, workspace.class_names)
         from ssdstudy.evaluate import to_json, voc_matches
-        from ssdstudy.evaluate.bootstrap import Outcomes
+        from ssdstudy.evaluate.bootstrap import Outcomes, map_interval
 
         matches = voc_matches(workspace.test_records, dets, workspace.class_names)
-        Outcomes.from_matches(matches, [r.image_id for r in workspace.test_records]).save(paths.outcomes)
+        outcomes = Outcomes.from_matches(matches, [r.image_id for r in workspace.test_records])
+        outcomes.save(paths.outcomes)
+        metrics["voc07_map_interval"] = list(map_interval(outcomes))
         provenance.write_json(paths.metrics, to_json(metrics))
     metrics = json.loads(paths.metrics.read_text())
 

@@ -231,7 +231,9 @@ def map_vs_prediction_time(
 
     Colour: backbone; marker: augmentation setting; every point labelled with
     :func:`short_label`. Runs of one backbone that differ only in width are joined by a
-    thin line in order of width.
+    thin line in order of width. Where the rows hold ``voc07_map_low`` and
+    ``voc07_map_high`` (the run's 95 % bootstrap interval over its test images), a
+    vertical bar shows it.
 
     Args:
         df: rows of :func:`ssdstudy.results.load_runs` (columns ``backbone``, ``width``,
@@ -255,6 +257,11 @@ def map_vs_prediction_time(
                 g = group.sort_values("width")
                 ax.plot(g[x], g[y], color=backbone_color(g["backbone"].iloc[0]), lw=1, alpha=0.5, zorder=2)
         for _, row in data.iterrows():
+            low, high = row.get(f"{y}_low"), row.get(f"{y}_high")
+            if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+                ax.errorbar([row[x]], [row[y]], yerr=[[max(row[y] - low, 0)], [max(high - row[y], 0)]],
+                            fmt="none", ecolor=backbone_color(row["backbone"]), elinewidth=1, capsize=3,
+                            alpha=0.7, zorder=2)
             ax.scatter(
                 [row[x]], [row[y]], s=64, color=backbone_color(row["backbone"]),
                 marker=augment_marker(row["augment"]), edgecolor="black", linewidth=0.6, zorder=3,

@@ -76,6 +76,8 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
         "train_images": _nan(config["data"].get("max_train_images")),
         "voc07_map": _nan(metrics.get("voc07_map")),
         "voc_map": _nan(metrics.get("voc_map")),
+        "voc07_map_low": _nan((metrics.get("voc07_map_interval") or [None, None])[0]),
+        "voc07_map_high": _nan((metrics.get("voc07_map_interval") or [None, None])[1]),
         "coco_ap": _nan((metrics.get("coco") or {}).get("AP")),
         "coco_ap50": _nan((metrics.get("coco") or {}).get("AP50")),
         "inference_ms": _nan(cpu.get("inference_ms", {}).get("median")),

@@ -94,6 +94,8 @@ def test_train_writes_every_result_file(trained):
     outcomes = Outcomes.load(trained / "outcomes.npz")
     assert outcomes.num_images == metrics["images"]
     assert outcomes.voc07_map()[0] == pytest.approx(metrics["voc07_map"], abs=1e-9)
+    low, high = metrics["voc07_map_interval"]
+    assert 0.0 <= low <= high <= 1.0
     prov = json.loads((trained / "provenance.json").read_text())
     for key in ("git", "python", "torch", "torchvision", "ssdstudy", "device_name", "cpu", "threads", "seed"):
         assert key in prov

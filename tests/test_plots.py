@@ -86,6 +86,18 @@ def test_map_vs_prediction_time_draws_one_labelled_point_per_run(runs):
     renders(fig)
 
 
+def test_map_vs_prediction_time_draws_each_runs_interval(runs):
+    from matplotlib.container import ErrorbarContainer
+
+    with_bars = runs.assign(voc07_map_low=runs["voc07_map"] - 0.01, voc07_map_high=runs["voc07_map"] + 0.02)
+    with_bars.loc[0, "voc07_map_low"] = np.nan  # a run without an interval gets no bar
+    (ax,) = plots.map_vs_prediction_time(with_bars).axes
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == len(runs) - 1
+    segment = bars[0].lines[2][0].get_segments()[0]
+    assert segment[1, 1] - segment[0, 1] == pytest.approx(0.03)
+
+
 def test_empty_frames_give_a_figure_that_says_so():
     empty = pd.DataFrame()
     for fig in (plots.map_vs_prediction_time(empty), plots.size_bins(empty), plots.nms_split(empty),

@@ -25,7 +25,7 @@ import numpy as np
 
 from ssdstudy.evaluate.voc import FALSE_POSITIVE, IGNORED, TRUE_POSITIVE, VOC07_RECALL_THRESHOLDS, VOCMatches
 
-__all__ = ["MapDifference", "Outcomes", "paired_difference", "resample_weights"]
+__all__ = ["MapDifference", "Outcomes", "map_interval", "paired_difference", "resample_weights"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,21 @@ class MapDifference:
                 f"{self.low:+.3f} to {self.high:+.3f} over {self.resamples} resamples of the test images")
 
 
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def map_interval(outcomes: Outcomes, *, resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of one run's VOC07 mAP over resamples of its test images."""
+    return _percentiles(outcomes.voc07_map(resample_weights(outcomes.num_images, resamples, seed)), level)
+
+
 def paired_difference(a: Outcomes, b: Outcomes, *, resamples: int = 1000, level: float = 0.95,
                       seed: int = 0) -> MapDifference:
     """mAP(a) - mAP(b) and its percentile interval from a paired bootstrap of the test images.
@@ -186,8 +201,6 @@ def paired_difference(a: Outcomes, b: Outcomes, *, resamples: int = 1000, level:
         raise ValueError("the two evaluations were not made on the same test images and classes")
     weights = resample_weights(a.num_images, resamples, seed)
     diffs = a.voc07_map(weights) - b.voc07_map(weights)
-    diffs = diffs[~np.isnan(diffs)]
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(diffs, [tail, 100 - tail]) if len(diffs) else (np.nan, np.nan)
+    low, high = _percentiles(diffs, level)
     point = float(a.voc07_map()[0] - b.voc07_map()[0])
-    return MapDifference(point, float(low), float(high), level, int(len(diffs)))
+    return MapDifference(point, low, high, level, int(np.count_nonzero(~np.isnan(diffs))))
