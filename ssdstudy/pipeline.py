@@ -108,6 +108,7 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
     paths = RunPaths(Path(run_dir))
     paths.root.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    code = provenance.git_state()  # the code this process imported, whatever changes on disk later
     trainer = Trainer(config, paths, progress=progress)
     workspace = trainer.workspace
     device = trainer.device
@@ -152,7 +153,7 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
     if not paths.provenance.is_file():
         history = pd.read_csv(paths.history)
         provenance.write_json(paths.provenance, provenance.collect(
-            str(device), seed=config.train.seed, run_id=config.run_id,
+            str(device), seed=config.train.seed, git=code, run_id=config.run_id,
             wall_seconds_finalise=time.time() - started,
             training_seconds=float(history["epoch_seconds"].sum()),
         ))

@@ -58,13 +58,18 @@ def device_name(device: str) -> str:
     return cpu_name()
 
 
-def collect(device: str = "cpu", seed: int | None = None, **extra: Any) -> dict[str, Any]:
-    """Everything needed to say where and with what a result was made."""
+def collect(device: str = "cpu", seed: int | None = None, git: dict[str, Any] | None = None,
+            **extra: Any) -> dict[str, Any]:
+    """Everything needed to say where and with what a result was made.
+
+    ``git``: the code's state as :func:`git_state` read it when the work started (the
+    modules were imported then); read now when None.
+    """
     import torch
     import torchvision
 
     return {
-        "git": git_state(),
+        "git": git if git is not None else git_state(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

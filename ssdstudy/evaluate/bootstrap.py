@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssdstudy.evaluate.voc import FALSE_POSITIVE, IGNORED, TRUE_POSITIVE, VOC07_RECALL_THRESHOLDS, VOCMatches
+from ssdstudy.evaluate.voc import IGNORED, TRUE_POSITIVE, VOC07_RECALL_THRESHOLDS, VOCMatches
 
 __all__ = ["MapDifference", "Outcomes", "map_interval", "paired_difference", "resample_weights"]
 
@@ -97,13 +97,13 @@ class Outcomes:
     def num_images(self) -> int:
         return len(self.image_ids)
 
-    def voc07_map(self, weights: np.ndarray | None = None, chunk: int = 128) -> np.ndarray:
+    def voc07_map(self, weights: np.ndarray | None = None, chunk: int = 1000) -> np.ndarray:
         """VOC07 11-point mAP with each image counted ``weights[b, i]`` times.
 
         Args:
             weights: (B, I) non-negative integer counts (one row per resample); None is
                 a single row of ones (the evaluation as it was).
-            chunk: rows computed at a time (memory: chunk x detections of a class).
+            chunk: rows computed at a time.
 
         Returns:
             (B,) float64: the mean over the classes with at least one counted object in
@@ -115,32 +115,39 @@ class Outcomes:
         return np.concatenate([self._voc07_map(w[s : s + chunk]) for s in range(0, len(w), chunk)])
 
     def _voc07_map(self, w: np.ndarray) -> np.ndarray:
+        # Only the points of the precision-recall curve that end on a true positive
+        # matter: a false positive keeps the recall of the true positive before it and
+        # lowers the precision, so it never raises the interpolated precision (and
+        # before any true positive the precision is 0). So each class needs, at each of
+        # its T true positives, the weighted count of true and of false positives up to
+        # there: the false positives enter through an (images x T) count matrix.
         num_classes = len(self.class_names)
         npos = w @ self.positives  # (B, C)
         ap = np.full((len(w), num_classes), np.nan)
         kept = self.outcome != IGNORED
         for c in range(num_classes):
             has_objects = npos[:, c] > 0
-            ap[has_objects, c] = 0.0
-            select = kept & (self.labels == c + 1)
-            if not select.any() or not has_objects.any():
+            if not has_objects.any():
                 continue
-            dw = w[:, self.image_index[select]]  # (B, D): each detection's weight
-            outcome = self.outcome[select]
-            tp = np.cumsum(dw * (outcome == TRUE_POSITIVE), axis=1)
-            fp = np.cumsum(dw * (outcome == FALSE_POSITIVE), axis=1)
-            precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+            select = kept & (self.labels == c + 1)
+            is_tp = self.outcome[select] == TRUE_POSITIVE
+            images = self.image_index[select]
+            tps = int(is_tp.sum())
+            if tps == 0:
+                ap[has_objects, c] = 0.0
+                continue
+            before = np.cumsum(is_tp) - is_tp  # true positives ahead of each detection
+            fp = ~is_tp & (before < tps)  # false positives after the last one never matter
+            counts = np.zeros((self.num_images, tps))
+            np.add.at(counts, (images[fp], before[fp]), 1.0)
+            tp_sum = np.cumsum(w[:, images[is_tp]], axis=1)  # (B, T)
+            fp_sum = np.cumsum(w @ counts, axis=1)
+            precision = tp_sum / np.maximum(tp_sum + fp_sum, np.finfo(np.float64).eps)
             with np.errstate(invalid="ignore", divide="ignore"):
-                recall = tp / npos[:, c : c + 1]
-            envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-            rows = np.arange(len(w))
+                recall = tp_sum / npos[:, c : c + 1]
             total = np.zeros(len(w))
             for t in VOC07_RECALL_THRESHOLDS:
-                # Recall never falls along a row: the first point reaching t follows
-                # every point below it (searchsorted "left", as the evaluation).
-                first = np.count_nonzero(recall < t, axis=1)
-                reached = first < recall.shape[1]
-                total[reached] += envelope[rows[reached], first[reached]]
+                total += np.where(recall >= t, precision, 0.0).max(axis=1)
             ap[has_objects, c] = total[has_objects] / len(VOC07_RECALL_THRESHOLDS)
         with np.errstate(invalid="ignore"):
             counted = ~np.isnan(ap)
