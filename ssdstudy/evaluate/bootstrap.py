@@ -112,7 +112,8 @@ class Outcomes:
         w = np.ones((1, self.num_images)) if weights is None else np.asarray(weights, dtype=np.float64)
         if w.ndim != 2 or w.shape[1] != self.num_images:
             raise ValueError(f"weights must have shape (B, {self.num_images}), got {w.shape}")
-        return np.concatenate([self._voc07_map(w[s : s + chunk]) for s in range(0, len(w), chunk)])
+        parts = [self._voc07_map(w[s : s + chunk]) for s in range(0, len(w), chunk)]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def _voc07_map(self, w: np.ndarray) -> np.ndarray:
         # Only the points of the precision-recall curve that end on a true positive
