@@ -17,9 +17,10 @@ and the numbers behind it. They test the direction of each effect, not its size:
 study's "greatly" and "slightly" have no threshold to reproduce, and results on the
 generated dataset are not comparable in magnitude with VOC's.
 
-A direction can be noise. Where a check compares the mAP of two runs scored on the
-same test images and both run folders hold ``outcomes.npz``, a paired bootstrap of the
-test images (:mod:`ssdstudy.evaluate.bootstrap`) gives the difference a 95 % interval;
+A direction can be noise. Where a check compares the mAPs of runs scored on the same
+test images (a difference, or claim 6's difference of two drops) and their folders hold
+``outcomes.npz``, a paired bootstrap of the test images
+(:mod:`ssdstudy.evaluate.bootstrap`) gives the comparison a 95 % interval;
 when the interval holds 0 the check is *too close to call* instead of holding or not.
 A verdict with such a check is at best ``partly supported``, and ``too close to call``
 when no check could be settled.
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ssdstudy.evaluate.bootstrap import MapDifference, Outcomes, paired_difference
+from ssdstudy.evaluate.bootstrap import MapDifference, Outcomes, paired_contrast
 
 __all__ = [
     "BOTTLENECK_SHARE",
@@ -55,6 +56,7 @@ __all__ = [
     "claim_training_devices",
     "claim_width",
     "combine_frames",
+    "map_contrast",
     "map_difference",
     "select_hardware",
     "verdict_table",
@@ -207,17 +209,23 @@ def _outcomes(path: str, mtime: float) -> Outcomes:
 
 
 def map_difference(a: pd.DataFrame, b: pd.DataFrame) -> MapDifference | None:
-    """Paired-bootstrap difference of VOC07 mAP, run ``a`` minus run ``b``, when each
-    frame is one run whose folder (column ``run_dir``) holds ``outcomes.npz`` and both
-    were scored on the same images; None otherwise."""
-    if len(a) != 1 or len(b) != 1 or "run_dir" not in a.columns or "run_dir" not in b.columns:
+    """Paired-bootstrap difference of VOC07 mAP, run ``a`` minus run ``b`` (see
+    :func:`map_contrast`)."""
+    return map_contrast([(1.0, a), (-1.0, b)])
+
+
+def map_contrast(terms: Sequence[tuple[float, pd.DataFrame]]) -> MapDifference | None:
+    """Paired-bootstrap value of a weighted sum of runs' VOC07 mAPs, when each frame is
+    one run whose folder (column ``run_dir``) holds ``outcomes.npz`` and all were scored
+    on the same images; None otherwise."""
+    if any(len(f) != 1 or "run_dir" not in f.columns for _, f in terms):
         return None
-    files = [Path(str(f.iloc[0]["run_dir"])) / "outcomes.npz" for f in (a, b)]
+    files = [Path(str(f.iloc[0]["run_dir"])) / "outcomes.npz" for _, f in terms]
     if not all(f.is_file() for f in files):
         return None
-    first, second = (_outcomes(str(f), f.stat().st_mtime) for f in files)
     try:
-        return paired_difference(first, second)
+        return paired_contrast([(coef, _outcomes(str(f), f.stat().st_mtime))
+                                for (coef, _), f in zip(terms, files, strict=True)])
     except ValueError:
         return None
 
@@ -240,17 +248,23 @@ def _budget_note(vgg: pd.DataFrame, mobilenet: pd.DataFrame) -> str:
             "its time). Their mAPs compare the budgets as much as the backbones.")
 
 
-def _map_check(text: str, higher: pd.DataFrame, lower: pd.DataFrame, detail: str) -> Check:
-    """Check that run ``higher`` has the higher mAP than run ``lower``; too close to call
-    when the bootstrap interval of the difference holds 0."""
-    a, b = _mean(higher, "voc07_map"), _mean(lower, "voc07_map")
-    if a is None or b is None:
+def _contrast_check(text: str, terms: Sequence[tuple[float, pd.DataFrame]], detail: str) -> Check:
+    """Check that the weighted sum of the runs' mAPs is positive; too close to call when
+    its bootstrap interval holds 0."""
+    values = [_mean(rows, "voc07_map") for _, rows in terms]
+    if any(v is None for v in values):
         return _missing(text)
-    diff = map_difference(higher, lower)
+    value = sum(coef * v for (coef, _), v in zip(terms, values, strict=True))
+    diff = map_contrast(terms)
     if diff is None:
-        return Check(text, a > b, detail)
+        return Check(text, value > 0, detail)
     detail = f"{detail}; {diff.text()}"
     return Check(text, diff.difference > 0, detail) if diff.settled else Check(text, None, detail, undecided=True)
+
+
+def _map_check(text: str, higher: pd.DataFrame, lower: pd.DataFrame, detail: str) -> Check:
+    """Check that run ``higher`` has the higher mAP than run ``lower``."""
+    return _contrast_check(text, [(1.0, higher), (-1.0, lower)], detail)
 
 
 def _device(df: pd.DataFrame) -> str:
@@ -458,9 +472,12 @@ def claim_mining(df: pd.DataFrame) -> Verdict:
         checks.append(_missing(text) if a is None or b is None
                       else Check(text, b > a, f"{a:.3g} ms with mining, {b:.3g} ms without"))
     text = "the drop is larger for MobileNetV1"
-    checks.append(Check(text, drops[MOBILENET] > drops[VGG],
-                        f"{drops[MOBILENET]:.3f} against {drops[VGG]:.3f}")
-                  if len(drops) == 2 else _missing(text))
+    checks.append(_contrast_check(
+        text,
+        [(1.0, _run(df, MOBILENET, mining="3:1")), (-1.0, _run(df, MOBILENET, mining="none")),
+         (-1.0, _run(df, VGG, mining="3:1")), (1.0, _run(df, VGG, mining="none"))],
+        f"{drops[MOBILENET]:.3f} against {drops[VGG]:.3f}",
+    ) if len(drops) == 2 else _missing(text))
     v_rows, m_rows = _run(df, VGG, mining="3:1"), _run(df, MOBILENET, mining="3:1")
     v, m = _mean(v_rows, "voc07_map"), _mean(m_rows, "voc07_map")
     text = "with mining on this schedule MobileNetV1-SSD beats VGG16-SSD"

@@ -11,7 +11,12 @@ import pytest
 
 from ssdstudy import claims
 from ssdstudy.evaluate import evaluate, voc_matches
-from ssdstudy.evaluate.bootstrap import Outcomes, paired_difference, resample_weights
+from ssdstudy.evaluate.bootstrap import (
+    Outcomes,
+    paired_contrast,
+    paired_difference,
+    resample_weights,
+)
 from tests.test_evaluate import dets, random_case, record
 
 CLASSES = ("a", "b", "c")
@@ -166,3 +171,26 @@ def test_unequal_training_budgets_are_named_in_the_verdict():
     assert "not trained on the same budget" in note and "350 images" in note and "1,000" in note
     rows[0]["train_images"] = 1000.0
     assert claims.claim_backbone(pd.DataFrame(rows)).note == ""
+
+
+def test_a_contrast_of_four_runs_equals_its_differences():
+    records, perfect, noisy = perfect_and_noisy()
+    a, b = outcomes_of(records, perfect), outcomes_of(records, noisy)
+    both = paired_contrast([(1.0, a), (-1.0, b), (-1.0, b), (1.0, b)], resamples=200)
+    single = paired_difference(a, b, resamples=200)
+    assert (both.difference, both.low, both.high) == pytest.approx((single.difference, single.low, single.high))
+
+
+def test_the_difference_of_mining_drops_is_bootstrapped(tmp_path):
+    records, perfect, noisy = perfect_and_noisy()
+    good, bad = outcomes_of(records, perfect), outcomes_of(records, noisy)
+    rows = [("m_on", good, "mobilenet_v1", "3:1"), ("m_off", bad, "mobilenet_v1", "none"),
+            ("v_on", bad, "vgg16", "3:1"), ("v_off", bad, "vgg16", "none")]
+    df = pd.concat([_run_frame(tmp_path, name, o, backbone=bb, augment="all", prediction_ms=1.0).assign(mining=m)
+                    for name, o, bb, m in rows], ignore_index=True)
+    check = next(c for c in claims.claim_mining(df).checks if c.statement == "the drop is larger for MobileNetV1")
+    assert check.holds is True and "interval" in check.detail
+    df.loc[df["run_id"] == "m_on", "run_dir"] = df.loc[df["run_id"] == "m_off", "run_dir"].iloc[0]
+    df.loc[df["run_id"] == "m_on", "voc07_map"] = df.loc[df["run_id"] == "m_off", "voc07_map"].iloc[0]
+    check = next(c for c in claims.claim_mining(df).checks if c.statement == "the drop is larger for MobileNetV1")
+    assert check.undecided

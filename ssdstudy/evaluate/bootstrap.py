@@ -23,9 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ssdstudy.evaluate.voc import IGNORED, TRUE_POSITIVE, VOC07_RECALL_THRESHOLDS, VOCMatches
+from ssdstudy.evaluate.voc import (
+    IGNORED,
+    TRUE_POSITIVE,
+    VOC07_RECALL_THRESHOLDS,
+    VOCMatches,
+)
 
-__all__ = ["MapDifference", "Outcomes", "map_interval", "paired_difference", "resample_weights"]
+__all__ = ["MapDifference", "Outcomes", "map_interval", "paired_contrast", "paired_difference", "resample_weights"]
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,24 @@ def map_interval(outcomes: Outcomes, *, resamples: int = 1000, level: float = 0.
     return _percentiles(outcomes.voc07_map(resample_weights(outcomes.num_images, resamples, seed)), level)
 
 
+def paired_contrast(terms: list[tuple[float, Outcomes]], *, resamples: int = 1000, level: float = 0.95,
+                    seed: int = 0) -> MapDifference:
+    """A weighted sum of several runs' mAPs (``[(+1, a), (-1, b)]`` is a - b) and its
+    percentile interval, every run rescored on the same resamples of the test images.
+
+    Raises:
+        ValueError: when the runs were not scored on the same images and classes.
+    """
+    first = terms[0][1]
+    if any(o.image_ids != first.image_ids or o.class_names != first.class_names for _, o in terms):
+        raise ValueError("the evaluations were not made on the same test images and classes")
+    weights = resample_weights(first.num_images, resamples, seed)
+    values = sum(coef * o.voc07_map(weights) for coef, o in terms)
+    low, high = _percentiles(values, level)
+    point = float(sum(coef * o.voc07_map()[0] for coef, o in terms))
+    return MapDifference(point, low, high, level, int(np.count_nonzero(~np.isnan(values))))
+
+
 def paired_difference(a: Outcomes, b: Outcomes, *, resamples: int = 1000, level: float = 0.95,
                       seed: int = 0) -> MapDifference:
     """mAP(a) - mAP(b) and its percentile interval from a paired bootstrap of the test images.
@@ -205,10 +228,4 @@ def paired_difference(a: Outcomes, b: Outcomes, *, resamples: int = 1000, level:
     Raises:
         ValueError: when the two were not scored on the same images and classes.
     """
-    if a.image_ids != b.image_ids or a.class_names != b.class_names:
-        raise ValueError("the two evaluations were not made on the same test images and classes")
-    weights = resample_weights(a.num_images, resamples, seed)
-    diffs = a.voc07_map(weights) - b.voc07_map(weights)
-    low, high = _percentiles(diffs, level)
-    point = float(a.voc07_map()[0] - b.voc07_map()[0])
-    return MapDifference(point, low, high, level, int(np.count_nonzero(~np.isnan(diffs))))
+    return paired_contrast([(1.0, a), (-1.0, b)], resamples=resamples, level=level, seed=seed)
