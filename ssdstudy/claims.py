@@ -57,7 +57,6 @@ __all__ = [
     "claim_width",
     "combine_frames",
     "map_contrast",
-    "map_difference",
     "select_hardware",
     "verdict_table",
 ]
@@ -206,12 +205,6 @@ def _missing(what: str) -> Check:
 @lru_cache(maxsize=256)
 def _outcomes(path: str, mtime: float) -> Outcomes:
     return Outcomes.load(path)
-
-
-def map_difference(a: pd.DataFrame, b: pd.DataFrame) -> MapDifference | None:
-    """Paired-bootstrap difference of VOC07 mAP, run ``a`` minus run ``b`` (see
-    :func:`map_contrast`)."""
-    return map_contrast([(1.0, a), (-1.0, b)])
 
 
 def map_contrast(terms: Sequence[tuple[float, pd.DataFrame]]) -> MapDifference | None:
