@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-minutes", type=float, default=30.0)
     parser.add_argument("--target-map", type=float, default=0.6)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="also score the test split every N epochs (the learning curve; not timed)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
 
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         "loss": {"neg_pos_ratio": 3},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
                   "lr": args.lr, "precision": args.precision, "warmup_epochs": 0.5, "scheduler": "cosine",
-                  "threads": args.threads, "device": "cpu"},
+                  "threads": args.threads, "device": "cpu",
+                  "eval_every": args.eval_every},
         "timing": {"images": 20, "devices": ["cpu"]},
     }))
     run_dir = RESULTS / "benchmarks" / "runs" / config.run_id

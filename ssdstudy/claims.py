@@ -18,7 +18,8 @@ study's "greatly" and "slightly" have no threshold to reproduce, and results on 
 generated dataset are not comparable in magnitude with VOC's.
 
 A direction can be noise. Where a check compares the mAPs of runs scored on the same
-test images (a difference, or claim 6's difference of two drops) and their folders hold
+test images (a difference, claim 6's difference of two drops, or a statement about size
+bins: claim 2's gain on small objects, claim 7's bins) and their folders hold
 ``outcomes.npz``, a paired bootstrap of the test images
 (:mod:`ssdstudy.evaluate.bootstrap`) gives the comparison a 95 % interval;
 when the interval holds 0 the check is *too close to call* instead of holding or not.
@@ -29,7 +30,7 @@ when no check could be settled.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ssdstudy.evaluate.bootstrap import MapDifference, Outcomes, paired_contrast
+from ssdstudy.data.bins import SIZE_BINS
+from ssdstudy.evaluate.bootstrap import MapDifference, Outcomes, paired_contrast, paired_statistic
 
 __all__ = [
     "BOTTLENECK_SHARE",
@@ -47,6 +49,7 @@ __all__ = [
     "Check",
     "Verdict",
     "assess_all",
+    "bin_statistic",
     "claim_augmentation",
     "claim_backbone",
     "claim_gpu_cpu",
@@ -207,20 +210,60 @@ def _outcomes(path: str, mtime: float) -> Outcomes:
     return Outcomes.load(path)
 
 
+def _run_outcomes(frame: pd.DataFrame) -> Outcomes | None:
+    """The outcomes of a frame of one run whose folder (column ``run_dir``) holds
+    ``outcomes.npz``; None otherwise."""
+    if len(frame) != 1 or "run_dir" not in frame.columns:
+        return None
+    path = Path(str(frame.iloc[0]["run_dir"])) / "outcomes.npz"
+    return _outcomes(str(path), path.stat().st_mtime) if path.is_file() else None
+
+
 def map_contrast(terms: Sequence[tuple[float, pd.DataFrame]]) -> MapDifference | None:
     """Paired-bootstrap value of a weighted sum of runs' VOC07 mAPs, when each frame is
-    one run whose folder (column ``run_dir``) holds ``outcomes.npz`` and all were scored
-    on the same images; None otherwise."""
-    if any(len(f) != 1 or "run_dir" not in f.columns for _, f in terms):
-        return None
-    files = [Path(str(f.iloc[0]["run_dir"])) / "outcomes.npz" for _, f in terms]
-    if not all(f.is_file() for f in files):
+    one run with its ``outcomes.npz`` and all were scored on the same images; None
+    otherwise."""
+    runs = [_run_outcomes(f) for _, f in terms]
+    if any(o is None for o in runs):
         return None
     try:
-        return paired_contrast([(coef, _outcomes(str(f), f.stat().st_mtime))
-                                for (coef, _), f in zip(terms, files, strict=True)])
+        return paired_contrast([(coef, o) for (coef, _), o in zip(terms, runs, strict=True)])
     except ValueError:
         return None
+
+
+def bin_statistic(frames: Sequence[pd.DataFrame],
+                  statistic: Callable[[Sequence[np.ndarray]], np.ndarray]) -> MapDifference | None:
+    """Paired-bootstrap value of ``statistic`` of runs' size-bin mAPs (each run's
+    ``(B, 7)`` array, in the order of ``frames``), when each frame is one run whose
+    ``outcomes.npz`` records its images' bins, all scored on the same images; None
+    otherwise."""
+    runs = [_run_outcomes(f) for f in frames]
+    if any(o is None or o.image_bins is None for o in runs):
+        return None
+    try:
+        return paired_statistic(statistic, runs)
+    except ValueError:
+        return None
+
+
+def _bin_index(names: Sequence[str]) -> list[int]:
+    return [SIZE_BINS.index(n) for n in names]
+
+
+def _row_mean(values: np.ndarray) -> np.ndarray:
+    """Mean of each row over its non-nan entries (nan for a row of nans), quietly."""
+    counted = ~np.isnan(values)
+    n = counted.sum(axis=1)
+    return np.where(n > 0, np.where(counted, values, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
+
+
+def _row_extreme(values: np.ndarray, largest: bool) -> np.ndarray:
+    """Max (or min) of each row over its non-nan entries (nan for a row of nans)."""
+    fill = -np.inf if largest else np.inf
+    filled = np.where(np.isnan(values), fill, values)
+    out = filled.max(axis=1) if largest else filled.min(axis=1)
+    return np.where(np.isinf(out), np.nan, out)
 
 
 def _budget_note(vgg: pd.DataFrame, mobilenet: pd.DataFrame) -> str:
@@ -241,6 +284,19 @@ def _budget_note(vgg: pd.DataFrame, mobilenet: pd.DataFrame) -> str:
             "its time). Their mAPs compare the budgets as much as the backbones.")
 
 
+def _settle(text: str, holds: bool, detail: str, diff: MapDifference | None, *, ties_hold: bool = False) -> Check:
+    """The check "a statistic is positive" (``holds``: its direction from the results'
+    numbers). With its bootstrap value ``diff`` it holds when the whole interval is above
+    0, fails when it is below 0, and is too close to call otherwise; with ``ties_hold``
+    (a statement "at least") an interval at or above 0 holds."""
+    if diff is None:
+        return Check(text, holds, detail)
+    detail = f"{detail}; {diff.text()}"
+    if ties_hold and diff.low >= 0:
+        return Check(text, True, detail)
+    return Check(text, diff.difference > 0, detail) if diff.settled else Check(text, None, detail, undecided=True)
+
+
 def _contrast_check(text: str, terms: Sequence[tuple[float, pd.DataFrame]], detail: str) -> Check:
     """Check that the weighted sum of the runs' mAPs is positive; too close to call when
     its bootstrap interval holds 0."""
@@ -248,11 +304,7 @@ def _contrast_check(text: str, terms: Sequence[tuple[float, pd.DataFrame]], deta
     if any(v is None for v in values):
         return _missing(text)
     value = sum(coef * v for (coef, _), v in zip(terms, values, strict=True))
-    diff = map_contrast(terms)
-    if diff is None:
-        return Check(text, value > 0, detail)
-    detail = f"{detail}; {diff.text()}"
-    return Check(text, diff.difference > 0, detail) if diff.settled else Check(text, None, detail, undecided=True)
+    return _settle(text, value > 0, detail, map_contrast(terms))
 
 
 def _map_check(text: str, higher: pd.DataFrame, lower: pd.DataFrame, detail: str) -> Check:
@@ -322,7 +374,15 @@ def _small_gain_check(name: str, on: pd.DataFrame, off: pd.DataFrame) -> Check:
     if not small or not other:
         return Check(text, None, "no test images of small and of larger objects in both runs")
     s, o = float(np.mean(small)), float(np.mean(other))
-    return Check(text, s > o, f"mean gain {s:+.3f} on small objects, {o:+.3f} on larger ones")
+    small_bins = _bin_index([k for k in gains if k in SMALL_BINS])
+    other_bins = _bin_index([k for k in gains if k not in SMALL_BINS])
+
+    def excess(maps: Sequence[np.ndarray]) -> np.ndarray:
+        gain = maps[0] - maps[1]
+        return _row_mean(gain[:, small_bins]) - _row_mean(gain[:, other_bins])
+
+    return _settle(text, s > o, f"mean gain {s:+.3f} on small objects, {o:+.3f} on larger ones",
+                   bin_statistic([on, off], excess))
 
 
 def claim_augmentation(df: pd.DataFrame) -> Verdict:
@@ -500,7 +560,14 @@ def claim_sizes(df: pd.DataFrame) -> Verdict:
             detail = f"{smallest} %: {values[smallest]:.3f}"
             detail += (f", the lowest of {len(values)} bins" if values[smallest] <= values[worst]
                        else f"; lowest: {worst} %: {values[worst]:.3f}")
-            checks.append(Check(text, values[smallest] <= values[worst], detail))
+            first, others = _bin_index([smallest])[0], _bin_index([k for k in values if k != smallest])
+
+            def margin(maps: Sequence[np.ndarray], first: int = first, others: list[int] = others) -> np.ndarray:
+                # how far the smallest bin lies below the lowest of the others
+                return _row_extreme(maps[0][:, others], largest=False) - maps[0][:, first]
+
+            checks.append(_settle(text, values[smallest] <= values[worst], detail,
+                                  bin_statistic([pd.DataFrame([row])], margin), ties_hold=True))
     for augment, which in (("all", "with augmentation"),):
         v, m = _bin_values(_first(_run(df, VGG, augment))), _bin_values(_first(_run(df, MOBILENET, augment)))
         lead = {k: v[k] - m[k] for k in v.keys() & m.keys()}
@@ -509,9 +576,18 @@ def claim_sizes(df: pd.DataFrame) -> Verdict:
             checks.append(Check(text, None, "no small objects measured for both backbones"))
         else:
             best = max(lead, key=lead.get)
-            checks.append(Check(text, best in SMALL_BINS,
-                                "largest lead " + f"{lead[best]:+.3f} in bin {best} %; "
-                                + ", ".join(f"{k} %: {lead[k]:+.3f}" for k in sorted(lead, key=lambda s: float(s.split('-')[0])))))
+            detail = ("largest lead " + f"{lead[best]:+.3f} in bin {best} %; "
+                      + ", ".join(f"{k} %: {lead[k]:+.3f}" for k in sorted(lead, key=lambda s: float(s.split('-')[0]))))
+            small_bins = _bin_index([k for k in lead if k in SMALL_BINS])
+            other_bins = _bin_index([k for k in lead if k not in SMALL_BINS])
+
+            def excess(maps: Sequence[np.ndarray]) -> np.ndarray:
+                # the largest lead on small objects over the largest elsewhere
+                gap = maps[0] - maps[1]
+                return _row_extreme(gap[:, small_bins], largest=True) - _row_extreme(gap[:, other_bins], largest=True)
+
+            diff = bin_statistic([_run(df, VGG, augment), _run(df, MOBILENET, augment)], excess) if other_bins else None
+            checks.append(_settle(text, best in SMALL_BINS, detail, diff))
     v, m = _bin_values(_first(_run(df, VGG, "none"))), _bin_values(_first(_run(df, MOBILENET, "none")))
     common = [k for k in LARGE_BINS if k in v and k in m]
     text = "without augmentation MobileNetV1 beats VGG16 on objects of 40-80 % of the image"
@@ -519,7 +595,13 @@ def claim_sizes(df: pd.DataFrame) -> Verdict:
         checks.append(Check(text, None, "no objects of 40-80 % measured for both backbones without augmentation"))
     else:
         a, b = float(np.mean([m[k] for k in common])), float(np.mean([v[k] for k in common]))
-        checks.append(Check(text, a > b, f"mean mAP over bins {', '.join(common)}: MobileNetV1 {a:.3f}, VGG16 {b:.3f}"))
+        large_bins = _bin_index(common)
+
+        def lead(maps: Sequence[np.ndarray]) -> np.ndarray:
+            return _row_mean(maps[0][:, large_bins]) - _row_mean(maps[1][:, large_bins])
+
+        checks.append(_settle(text, a > b, f"mean mAP over bins {', '.join(common)}: MobileNetV1 {a:.3f}, VGG16 {b:.3f}",
+                              bin_statistic([_run(df, MOBILENET, "none"), _run(df, VGG, "none")], lead)))
     return Verdict(7, tuple(checks), _budget_note(_run(df, VGG), _run(df, MOBILENET)))
 
 

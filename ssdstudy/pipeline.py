@@ -123,11 +123,12 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
     if not paths.metrics.is_file():
         dets = detect_records(model, workspace.test_records, config, device, progress=progress)
         metrics = evaluate(workspace.test_records, dets, workspace.class_names)
-        from ssdstudy.evaluate import to_json, voc_matches
+        from ssdstudy.evaluate import image_bins, to_json, voc_matches
         from ssdstudy.evaluate.bootstrap import Outcomes, map_interval
 
-        matches = voc_matches(workspace.test_records, dets, workspace.class_names)
-        outcomes = Outcomes.from_matches(matches, [r.image_id for r in workspace.test_records])
+        records = workspace.test_records
+        matches = voc_matches(records, dets, workspace.class_names)
+        outcomes = Outcomes.from_matches(matches, [r.image_id for r in records], image_bins(records))
         outcomes.save(paths.outcomes)
         metrics["voc07_map_interval"] = list(map_interval(outcomes))
         provenance.write_json(paths.metrics, to_json(metrics))

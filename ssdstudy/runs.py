@@ -7,8 +7,8 @@
 ``history.csv``        one row per epoch: losses, learning rate, epoch time, speed
 ``checkpoint.pt``      the last finished epoch (model, optimiser, scheduler, RNG)
 ``metrics.json``       accuracy on the test split (:func:`ssdstudy.evaluate.evaluate`)
-``outcomes.npz``       each detection's VOC outcome, for bootstrap intervals
-                       (:class:`ssdstudy.evaluate.bootstrap.Outcomes`)
+``outcomes.npz``       each detection's VOC outcome and each image's size bin, for
+                       bootstrap intervals (:class:`ssdstudy.evaluate.bootstrap.Outcomes`)
 ``timing.json``        inference and prediction times per device
 ``provenance.json``    code version, software versions, machine, seed, wall time
 ``run.ipynb``          the executed run notebook (written by the study runner)

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from ssdstudy import claims
-from ssdstudy.evaluate import evaluate, voc_matches
+from ssdstudy.data.bins import SIZE_BINS
+from ssdstudy.evaluate import evaluate, image_bins, voc_matches
 from ssdstudy.evaluate.bootstrap import (
     Outcomes,
     paired_contrast,
@@ -194,3 +195,116 @@ def test_the_difference_of_mining_drops_is_bootstrapped(tmp_path):
     df.loc[df["run_id"] == "m_on", "voc07_map"] = df.loc[df["run_id"] == "m_off", "voc07_map"].iloc[0]
     check = next(c for c in claims.claim_mining(df).checks if c.statement == "the drop is larger for MobileNetV1")
     assert check.undecided
+
+
+# --- size bins -------------------------------------------------------------------------
+
+
+def binned_outcomes(records, detections):
+    return Outcomes.from_matches(voc_matches(records, detections, CLASSES), [r.image_id for r in records],
+                                 image_bins(records))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bin_maps_at_unit_weights_equal_the_evaluation(seed):
+    records, detections = random_case(seed, images=120)
+    outcomes = binned_outcomes(records, detections)
+    expected = evaluate(records, detections, CLASSES, coco=False)["size_bins"]
+    got = outcomes.bin_voc07_maps()[0]
+    assert sum(v["images"] for v in expected.values()) > 30  # the case fills several bins
+    np.testing.assert_allclose(got, [expected[name]["voc07_map"] for name in SIZE_BINS], atol=1e-12)
+
+
+def test_bin_maps_of_a_resample_weigh_only_the_bin_images():
+    records, detections = random_case(5, images=80)
+    outcomes = binned_outcomes(records, detections)
+    weights = resample_weights(len(records), 6, seed=1)
+    got = outcomes.bin_voc07_maps(weights)
+    for b in range(len(SIZE_BINS)):
+        in_bin = outcomes.image_bins == b
+        if in_bin.any():
+            np.testing.assert_allclose(got[:, b], outcomes.voc07_map(weights * in_bin), atol=1e-12)
+        else:
+            assert np.isnan(got[:, b]).all()
+
+
+def test_outcomes_file_keeps_the_bins_and_reads_files_without_them(tmp_path):
+    records, detections = random_case(1, images=20)
+    outcomes = binned_outcomes(records, detections)
+    outcomes.save(tmp_path / "with.npz")
+    np.testing.assert_array_equal(Outcomes.load(tmp_path / "with.npz").image_bins, outcomes.image_bins)
+    outcomes_of(records, detections).save(tmp_path / "without.npz")
+    older = Outcomes.load(tmp_path / "without.npz")
+    assert older.image_bins is None
+    with pytest.raises(ValueError, match="no size bins"):
+        older.bin_voc07_maps()
+
+
+def small_and_large(images=60, large=50, seed=0):
+    """Images of one small object (1 % of the image, bin 0-5) or one large one (side
+    ``large``: 25 %, bin 20-40, by default); detectors that find every object, only the
+    large ones, and only the small ones."""
+    rng = np.random.default_rng(seed)
+    records, found = [], {"all": {}, "large": {}, "small": {}}
+    for i in range(images):
+        side = 10 if i % 2 else large
+        xy = rng.uniform(0, 100 - side, 2)
+        box = np.concatenate([xy, xy + side])[None]
+        label = rng.integers(1, 4, 1)
+        name, score = f"{i:03d}", rng.uniform(0.5, 1, 1)
+        records.append(record(name, box, label, width=100, height=100))
+        found["all"][name] = dets(box, score, label)
+        missed = dets(np.array([[0.0, 0.0, 1.0, 1.0]]), score, label)  # overlaps nothing
+        found["large"][name] = missed if side == 10 else found["all"][name]
+        found["small"][name] = found["all"][name] if side == 10 else missed
+    return records, found
+
+
+def _binned_frame(tmp_path, name, outcomes, **columns):
+    df = _run_frame(tmp_path, name, outcomes, **columns)
+    for b, value in zip(SIZE_BINS, outcomes.bin_voc07_maps()[0], strict=True):
+        df[f"bin {b}"] = value
+        df[f"images {b}"] = int(np.count_nonzero(outcomes.image_bins == SIZE_BINS.index(b)))
+    return df
+
+
+def test_the_small_object_gain_of_claim_2_is_bootstrapped(tmp_path):
+    records, found = small_and_large()
+    good, poor = binned_outcomes(records, found["all"]), binned_outcomes(records, found["large"])
+    text = "for VGG16 the gain is largest on small objects (under 10 % of the image)"
+    df = pd.concat([_binned_frame(tmp_path, "on", good, backbone="vgg16", augment="all"),
+                    _binned_frame(tmp_path, "off", poor, backbone="vgg16", augment="none")], ignore_index=True)
+    check = next(c for c in claims.claim_augmentation(df).checks if c.statement == text)
+    assert check.holds is True and not check.undecided and "interval" in check.detail
+    df = pd.concat([_binned_frame(tmp_path, "on", poor, backbone="vgg16", augment="all"),
+                    _binned_frame(tmp_path, "off", poor, backbone="vgg16", augment="none")], ignore_index=True)
+    check = next(c for c in claims.claim_augmentation(df).checks if c.statement == text)
+    assert check.undecided and check.holds is None
+
+
+def test_the_size_checks_of_claim_7_are_bootstrapped(tmp_path):
+    records, found = small_and_large(large=70)  # 49 %: bin 40-60
+    runs = {name: binned_outcomes(records, found[name]) for name in found}
+    df = pd.concat([
+        _binned_frame(tmp_path, "v", runs["all"], backbone="vgg16", augment="all"),
+        _binned_frame(tmp_path, "m", runs["large"], backbone="mobilenet_v1", augment="all"),
+        _binned_frame(tmp_path, "v0", runs["small"], backbone="vgg16", augment="none"),
+        _binned_frame(tmp_path, "m0", runs["all"], backbone="mobilenet_v1", augment="none"),
+    ], ignore_index=True)
+    checks = {c.statement: c for c in claims.claim_sizes(df).checks}
+    lead = checks["with augmentation, VGG16's lead over MobileNetV1 is largest on small objects (under 10 %)"]
+    assert lead.holds is True and not lead.undecided and "interval" in lead.detail
+    large = checks["without augmentation MobileNetV1 beats VGG16 on objects of 40-80 % of the image"]
+    assert large.holds is True and not large.undecided and "interval" in large.detail
+    lowest = checks["MobileNetV1: the smallest populated bin has the lowest mAP"]
+    assert lowest.holds is True and not lowest.undecided
+    # a detector that finds every object has no hardest bin: a tie at the bottom holds
+    tie = checks["VGG16: the smallest populated bin has the lowest mAP"]
+    assert tie.holds is True and "interval" in tie.detail
+    highest = checks["VGG16, no augmentation: the smallest populated bin has the lowest mAP"]
+    assert highest.holds is False and not highest.undecided
+    # the same run on both sides of a lead: nothing to call
+    df.loc[df["run_id"] == "m", ["run_dir"] + [f"bin {b}" for b in SIZE_BINS]] = (
+        df.loc[df["run_id"] == "v", ["run_dir"] + [f"bin {b}" for b in SIZE_BINS]].to_numpy())
+    lead = next(c for c in claims.claim_sizes(df).checks if c.statement.startswith("with augmentation"))
+    assert lead.undecided

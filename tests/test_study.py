@@ -82,6 +82,19 @@ def test_shared_runs_are_trained_once(smoke_study):
     assert len(run_dirs) == len(plan.runs)
 
 
+@pytest.mark.slow
+def test_runs_keep_outcomes_with_their_size_bins(smoke_study):
+    from ssdstudy.data.bins import SIZE_BINS
+    from ssdstudy.evaluate.bootstrap import Outcomes
+
+    for run_id in smoke_study.plan.runs:
+        paths = smoke_study.plan.paths(run_id)
+        outcomes = Outcomes.load(paths.outcomes)
+        metrics = json.loads(paths.metrics.read_text())
+        counts = {name: int((outcomes.image_bins == SIZE_BINS.index(name)).sum()) for name in metrics["size_bins"]}
+        assert counts == {name: v["images"] for name, v in metrics["size_bins"].items()}
+
+
 def test_failing_notebook_is_reported_and_keeps_finished_results(tmp_path):
     root = book_sources(tmp_path)
     # a run template that fails for every run

@@ -12,17 +12,25 @@ again; drawing an image ``k`` times weighs its detections and its objects by ``k
 :class:`Outcomes` keeps what that needs, one file per run (``outcomes.npz``), and
 :meth:`Outcomes.voc07_map` computes the VOC07 11-point mAP for many weightings at once.
 With all weights 1 it equals :func:`ssdstudy.evaluate.evaluate`'s ``voc07_map``.
+
+The size bins resample the same way. An image's bin does not depend on the draw, so a
+bin's mAP on a resample is the mAP of its images weighed by their draws
+(:meth:`Outcomes.bin_voc07_maps`), and a statement about several bins of several runs
+(a gain largest on small objects, a lead on large ones) gets its interval from
+:func:`paired_statistic` over the same resamples.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ssdstudy.data.bins import SIZE_BINS
 from ssdstudy.evaluate.voc import (
     IGNORED,
     TRUE_POSITIVE,
@@ -30,7 +38,10 @@ from ssdstudy.evaluate.voc import (
     VOCMatches,
 )
 
-__all__ = ["MapDifference", "Outcomes", "map_interval", "paired_contrast", "paired_difference", "resample_weights"]
+__all__ = [
+    "MapDifference", "Outcomes", "map_interval", "paired_contrast", "paired_difference", "paired_statistic",
+    "resample_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,9 @@ class Outcomes:
         image_index: (N,) int64 image of each detection (index into ``image_ids``).
         outcome: (N,) int8: 1 true positive, 0 false positive, -1 ignored.
         positives: (I, C) int64 objects per image and class that count (not ignored).
+        image_bins: (I,) int64 size-bin index of each image (into
+            :data:`ssdstudy.data.bins.SIZE_BINS`, -1 for an image in no bin), or None
+            when the evaluation did not record them (files written before they were).
     """
 
     class_names: tuple[str, ...]
@@ -52,12 +66,18 @@ class Outcomes:
     image_index: np.ndarray
     outcome: np.ndarray
     positives: np.ndarray
+    image_bins: np.ndarray | None = None
 
     @classmethod
-    def from_matches(cls, matches: VOCMatches, image_ids: list[str] | tuple[str, ...]) -> Outcomes:
+    def from_matches(cls, matches: VOCMatches, image_ids: Sequence[str],
+                     image_bins: np.ndarray | None = None) -> Outcomes:
+        """The outcomes of ``matches``; ``image_bins`` as from
+        :func:`ssdstudy.evaluate.image_bins` of the same records (optional)."""
         gt = matches.gt
         if len(image_ids) != gt.num_images:
             raise ValueError(f"{len(image_ids)} image ids for {gt.num_images} evaluated images")
+        if image_bins is not None and len(image_bins) != gt.num_images:
+            raise ValueError(f"{len(image_bins)} image bins for {gt.num_images} evaluated images")
         num_classes = len(matches.class_names)
         counted = ~gt.ignored
         positives = np.zeros((gt.num_images, num_classes), dtype=np.int64)
@@ -69,6 +89,7 @@ class Outcomes:
             image_index=np.asarray(matches.image_index, dtype=np.int64),
             outcome=np.asarray(matches.outcome, dtype=np.int8),
             positives=positives,
+            image_bins=None if image_bins is None else np.asarray(image_bins, dtype=np.int64),
         )
 
     def save(self, path: str | Path) -> None:
@@ -82,6 +103,7 @@ class Outcomes:
                 tmp, class_names=np.array(self.class_names), image_ids=np.array(self.image_ids),
                 labels=self.labels, image_index=self.image_index, outcome=self.outcome,
                 positives=self.positives,
+                **({} if self.image_bins is None else {"image_bins": self.image_bins}),
             )
             os.replace(tmp, path)
         finally:
@@ -96,6 +118,7 @@ class Outcomes:
                 image_ids=tuple(str(i) for i in f["image_ids"]),
                 labels=f["labels"].astype(np.int64), image_index=f["image_index"].astype(np.int64),
                 outcome=f["outcome"].astype(np.int8), positives=f["positives"].astype(np.int64),
+                image_bins=f["image_bins"].astype(np.int64) if "image_bins" in f.files else None,
             )
 
     @property
@@ -119,6 +142,39 @@ class Outcomes:
             raise ValueError(f"weights must have shape (B, {self.num_images}), got {w.shape}")
         parts = [self._voc07_map(w[s : s + chunk]) for s in range(0, len(w), chunk)]
         return np.concatenate(parts) if parts else np.zeros(0)
+
+    def subset(self, images: np.ndarray) -> Outcomes:
+        """The outcomes of the images ``images`` (sorted indices) alone, renumbered."""
+        images = np.asarray(images, dtype=np.int64)
+        new_index = np.full(self.num_images, -1, dtype=np.int64)
+        new_index[images] = np.arange(len(images))
+        keep = new_index[self.image_index] >= 0
+        return Outcomes(
+            class_names=self.class_names, image_ids=tuple(self.image_ids[i] for i in images),
+            labels=self.labels[keep], image_index=new_index[self.image_index[keep]],
+            outcome=self.outcome[keep], positives=self.positives[images],
+            image_bins=None if self.image_bins is None else self.image_bins[images],
+        )
+
+    def bin_voc07_maps(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """VOC07 mAP of each size bin's images, each image counted ``weights[b, i]`` times.
+
+        Returns:
+            (B, len(SIZE_BINS)) float64; nan for a bin with no counted object in a
+            resample (or no image at all), as the evaluation reports an empty bin.
+
+        Raises:
+            ValueError: when the bins of the images were not recorded.
+        """
+        if self.image_bins is None:
+            raise ValueError("these outcomes hold no size bins (written before they were recorded)")
+        w = np.ones((1, self.num_images)) if weights is None else np.asarray(weights, dtype=np.float64)
+        out = np.full((len(w), len(SIZE_BINS)), np.nan)
+        for b in range(len(SIZE_BINS)):
+            members = np.flatnonzero(self.image_bins == b)
+            if len(members):
+                out[:, b] = self.subset(members).voc07_map(w[:, members])
+        return out
 
     def _voc07_map(self, w: np.ndarray) -> np.ndarray:
         # Only the points of the precision-recall curve that end on a true positive
@@ -218,6 +274,31 @@ def paired_contrast(terms: list[tuple[float, Outcomes]], *, resamples: int = 100
     values = sum(coef * o.voc07_map(weights) for coef, o in terms)
     low, high = _percentiles(values, level)
     point = float(sum(coef * o.voc07_map()[0] for coef, o in terms))
+    return MapDifference(point, low, high, level, int(np.count_nonzero(~np.isnan(values))))
+
+
+def paired_statistic(statistic: Callable[[Sequence[np.ndarray]], np.ndarray], runs: Sequence[Outcomes], *,
+                     resamples: int = 1000, level: float = 0.95, seed: int = 0) -> MapDifference:
+    """A statistic of several runs' size-bin mAPs and its percentile interval, every run
+    rescored on the same resamples of the test images.
+
+    Args:
+        statistic: maps the runs' (B, len(SIZE_BINS)) bin mAPs (in the order of
+            ``runs``) to (B,) values; nan values (a resample that left a bin empty)
+            are left out of the interval.
+        runs: outcomes with their size bins, scored on the same images.
+
+    Raises:
+        ValueError: when the runs were not scored on the same images and classes, or
+            hold no size bins.
+    """
+    first = runs[0]
+    if any(o.image_ids != first.image_ids or o.class_names != first.class_names for o in runs):
+        raise ValueError("the evaluations were not made on the same test images and classes")
+    weights = resample_weights(first.num_images, resamples, seed)
+    values = np.asarray(statistic([o.bin_voc07_maps(weights) for o in runs]), dtype=np.float64)
+    low, high = _percentiles(values, level)
+    point = float(np.asarray(statistic([o.bin_voc07_maps() for o in runs]))[0])
     return MapDifference(point, low, high, level, int(np.count_nonzero(~np.isnan(values))))
 
 
