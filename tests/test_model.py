@@ -153,7 +153,7 @@ def test_extras_and_heads_start_xavier_uniform(mobilenet):
         fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
         bound = math.sqrt(6 / (fan_in + fan_out))
         top = conv.weight.abs().max().item()
-        assert 0.95 * bound < top <= bound
+        assert 0.95 * bound < top <= bound * (1 + 1e-6)  # the float32 weights may round past the bound
 
 
 def test_vgg_l2norm_option_is_the_papers_layer():
