@@ -12,6 +12,11 @@ initialises its heads), batch norm after every convolution of the extra layers (
 ScratchDet trains detectors from scratch), and no augmentation (for scale). The last
 two change the model or the data and are measured only to explain the budget.
 
+Three epochs show which recipes start faster, not which end better: over a longer run
+the schedule matters most. A cosine over 15 epochs lowers the learning rate before the
+model has learnt (results/benchmarks/training-curve-cpu-2core.json), which is why
+``benchmarks/training.py`` keeps its peak rate until late steps.
+
     python benchmarks/training_recipes.py --json results/benchmarks/training-recipes-cpu-2core.json
     python benchmarks/training_recipes.py --only baseline no_augmentation --threads 1
 """
