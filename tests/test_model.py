@@ -208,3 +208,20 @@ def test_a_new_backbone_is_one_registered_factory():
     finally:
         BACKBONES._remove("tiny_test")
     assert "tiny_test" not in available_backbones()
+
+
+def test_strided_depthwise_convolutions_run_in_float32_under_cpu_autocast():
+    from ssdstudy.model.mobilenet import StridedDepthwiseConv2d
+
+    model = build_model("mobilenet_v1", 9, image_size=128)
+    strided = [m for m in model.modules() if isinstance(m, StridedDepthwiseConv2d)]
+    assert [m.in_channels for m in strided] == [64, 128, 256, 512]  # the four stride-2 depthwise layers
+    assert all(m.stride == (2, 2) and m.groups == m.in_channels for m in strided)
+    conv = strided[0]
+    x = torch.randn(2, 64, 16, 16).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    assert y.dtype == torch.bfloat16
+    expected = torch.nn.functional.conv2d(x.float(), conv.weight, None, 2, 1, 1, 64)
+    assert torch.equal(y, expected.to(torch.bfloat16))
+    assert torch.equal(conv(x.float()), expected)  # outside autocast: an ordinary convolution
