@@ -253,6 +253,14 @@ def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _same_images(runs: Sequence[Outcomes]) -> Outcomes:
+    """The first of ``runs``, once all are known to be scored on the same images and classes."""
+    first = runs[0]
+    if any(o.image_ids != first.image_ids or o.class_names != first.class_names for o in runs):
+        raise ValueError("the evaluations were not made on the same test images and classes")
+    return first
+
+
 def map_interval(outcomes: Outcomes, *, resamples: int = 1000, level: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of one run's VOC07 mAP over resamples of its test images."""
@@ -267,9 +275,7 @@ def paired_contrast(terms: list[tuple[float, Outcomes]], *, resamples: int = 100
     Raises:
         ValueError: when the runs were not scored on the same images and classes.
     """
-    first = terms[0][1]
-    if any(o.image_ids != first.image_ids or o.class_names != first.class_names for _, o in terms):
-        raise ValueError("the evaluations were not made on the same test images and classes")
+    first = _same_images([o for _, o in terms])
     weights = resample_weights(first.num_images, resamples, seed)
     values = sum(coef * o.voc07_map(weights) for coef, o in terms)
     low, high = _percentiles(values, level)
@@ -292,9 +298,7 @@ def paired_statistic(statistic: Callable[[Sequence[np.ndarray]], np.ndarray], ru
         ValueError: when the runs were not scored on the same images and classes, or
             hold no size bins.
     """
-    first = runs[0]
-    if any(o.image_ids != first.image_ids or o.class_names != first.class_names for o in runs):
-        raise ValueError("the evaluations were not made on the same test images and classes")
+    first = _same_images(runs)
     weights = resample_weights(first.num_images, resamples, seed)
     values = np.asarray(statistic([o.bin_voc07_maps(weights) for o in runs]), dtype=np.float64)
     low, high = _percentiles(values, level)
