@@ -8,11 +8,22 @@ The training pipeline follows the SSD paper and the study's code base, in this o
    (shift by up to 18 degrees), channel swap (a random permutation of R, G, B);
 2. **expand** (probability 0.5): zoom out, placing the image at random on a canvas
    ``ratio`` times larger (``ratio`` uniform in [1, 4]) filled with the dataset mean;
-3. **random IoU crop**: a minimum IoU drawn from (keep the image, 0.1, 0.3, 0.5, 0.7,
-   0.9); up to 50 candidate patches (side scale 0.3-1 of the canvas, aspect h/w 0.5-2);
-   the first patch whose IoU with at least one box reaches the minimum and which
-   contains the centre of at least one box is taken, else the image is kept; boxes
-   whose centre lies inside the patch are kept and clipped to it;
+3. **random crop**, by one of two rules (``AugmentConfig.crop_rule``):
+
+   * ``"original"`` (default), what the study's code base computes: a mode drawn from
+     (keep the image, min IoU 0.1, 0.3, 0.7, 0.9, no constraint); up to 50 candidate
+     patches (sides ``uniform(0.3, 1)`` of the canvas, aspect h/w in 0.5-2, the left
+     edge drawn as that code's ``numpy.random.uniform(W - w)``, i.e. between ``W - w``
+     and 1); the first patch that contains the centre of at least one box is taken.
+     Its IoU test (``min < min_iou and max_iou < max`` with ``max_iou`` infinite) can
+     never reject a patch, so the mode only decides "keep or crop"; after 50 failed
+     trials a new mode is drawn (the code's ``while True`` loop);
+   * ``"paper"``, the SSD paper's rule: a mode drawn from (keep the image, min IoU 0.1,
+     0.3, 0.5, 0.7, 0.9, any patch); the first of 50 patches (left edge uniform in
+     ``[0, W - w]``) whose IoU with at least one box reaches the minimum and which
+     contains a box centre is taken, else the image is kept;
+
+   boxes whose centre lies inside the patch are kept and clipped to it;
 4. **random horizontal mirror** (probability 0.5);
 
 then every image is resized to ``S x S`` (bilinear, no antialiasing, as the original
@@ -43,20 +54,17 @@ transform rather than a chain of image-to-image steps.
 Deviations from the original code, on purpose: the hue shift is the grey-axis rotation
 (on average it moves the HSV hue by the drawn angle, per colour within about a third
 of it, and leaves greys unchanged); pixel values are clamped to [0, 255] once after
-the distortion (the original never clamps); the crop's minimum IoU must be reached by
-at least one box (the SSD paper's rule; the original code's test, as written, never
-rejects a patch for its IoU) and the options include 0.5 as in the paper; a crop that finds no valid patch in 50 trials
-keeps the image (the original redraws the minimum IoU); images without boxes are not
-cropped; after a zoom-out the image lands on whole output pixels, up to half an
+the distortion (the original never clamps); images without boxes are not cropped
+(the original fails on them); after a zoom-out the image lands on whole output pixels, up to half an
 output pixel from the nominal window (boxes follow the pixels exactly).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -76,8 +84,16 @@ CONTRAST_RANGE = (0.5, 1.5)
 SATURATION_RANGE = (0.5, 1.5)
 HUE_DELTA_DEGREES = 18.0
 EXPAND_RATIO_RANGE = (1.0, 4.0)
-#: Minimum-IoU choices of the crop; ``None`` keeps the image uncropped.
-CROP_MIN_IOUS: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9)
+#: The crop's modes per rule: ``None`` keeps the image; a number is a minimum IoU, 0.0
+#: no constraint. The original code lists (keep, 0.1, 0.3, 0.7, 0.9, unconstrained) and
+#: never enforces the minimum; the paper lists 0.5 too and enforces it.
+CROP_MODES: dict[str, tuple[float | None, ...]] = {
+    "original": (None, 0.1, 0.3, 0.7, 0.9, 0.0),
+    "paper": (None, 0.1, 0.3, 0.5, 0.7, 0.9, 0.0),
+}
+CROP_RULES: tuple[str, ...] = tuple(CROP_MODES)
+#: The paper rule's modes (kept under its old name for callers).
+CROP_MIN_IOUS: tuple[float | None, ...] = CROP_MODES["paper"]
 CROP_TRIALS = 50
 CROP_MIN_SCALE = 0.3
 CROP_ASPECT_RANGE = (0.5, 2.0)
@@ -113,6 +129,15 @@ class AugmentConfig:
     expand: bool = True
     crop: bool = True
     mirror: bool = True
+    #: How the crop draws its patch: "original" (the study's code base, default) or
+    #: "paper" (the SSD paper's enforced minimum IoU); see the module docstring.
+    crop_rule: Literal["original", "paper"] = "original"
+
+    def __post_init__(self) -> None:
+        if self.crop_rule not in CROP_RULES:
+            raise ConfigError(
+                f"augment.crop_rule: expected one of {', '.join(CROP_RULES)}, got {self.crop_rule!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, *, where: str = "augment") -> AugmentConfig:
@@ -136,7 +161,10 @@ class AugmentConfig:
                 raise ConfigError(
                     f"{where}.{key}: unknown augmentation switch; expected one of {', '.join(known)}"
                 )
-            if not isinstance(value, bool):
+            if key == "crop_rule":
+                if value not in CROP_RULES:
+                    raise ConfigError(f"{where}.{key}: expected one of {', '.join(CROP_RULES)}, got {value!r}")
+            elif not isinstance(value, bool):
                 raise ConfigError(
                     f"{where}.{key}: expected true or false, got {value!r}"
                 )
@@ -154,7 +182,7 @@ class AugmentConfig:
         _check_steps(steps)
         return AugmentConfig(**{**self.to_dict(), **{s: False for s in steps}})
 
-    def to_dict(self) -> dict[str, bool]:
+    def to_dict(self) -> dict[str, bool | str]:
         """The switches as a plain mapping (round-trips through :meth:`from_dict`)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -310,47 +338,68 @@ def sample_expand(height: int, width: int, u: Sequence[float]) -> tuple[int, int
 
 
 def sample_crop(
-    canvas_height: int, canvas_width: int, boxes: Tensor, u: Tensor
+    canvas_height: int, canvas_width: int, boxes: Tensor, u: Tensor, rule: str = "original",
+    redraw: Callable[[], Tensor] | None = None,
 ) -> tuple[tuple[int, int, int, int], Tensor] | None:
-    """The SSD random IoU crop, scored on the boxes only.
+    """The SSD random crop, scored on the boxes only.
 
     Args:
         canvas_height, canvas_width: size of the (expanded) image.
         boxes: (K, 4) float XYXY boxes in canvas pixels.
-        u: (1 + 4 * CROP_TRIALS,) uniforms in [0, 1): the minimum-IoU choice, then the
+        u: (1 + 4 * CROP_TRIALS,) uniforms in [0, 1): the mode's choice, then the
             width, height, left and top of each trial patch.
+        rule: ``"original"`` or ``"paper"`` (see the module docstring).
+        redraw: for the original rule, returns fresh uniforms like ``u`` when all 50
+            trials failed (the original draws a new mode then); default
+            ``torch.rand``.
 
     Returns:
-        ``(window (x1, y1, x2, y2) ints, keep (K,) bool)`` for the first valid trial, or
-        ``None`` to keep the whole canvas (mode "keep", no valid trial, or no boxes).
+        ``(window (x1, y1, x2, y2) ints, keep (K,) bool)`` for the patch taken, or
+        ``None`` to keep the whole canvas (mode "keep", the paper rule's 50 failed
+        trials, or no boxes).
     """
-    mode = CROP_MIN_IOUS[min(int(float(u[0]) * len(CROP_MIN_IOUS)), len(CROP_MIN_IOUS) - 1)]
-    if mode is None or boxes.shape[0] == 0:
+    modes = CROP_MODES[rule]
+    if boxes.shape[0] == 0:
         return None
-    t = u[1:].view(CROP_TRIALS, 4).double()
-    w = canvas_width * (CROP_MIN_SCALE + (1.0 - CROP_MIN_SCALE) * t[:, 0])
-    h = canvas_height * (CROP_MIN_SCALE + (1.0 - CROP_MIN_SCALE) * t[:, 1])
-    aspect = h / w
-    ok = (aspect >= CROP_ASPECT_RANGE[0]) & (aspect <= CROP_ASPECT_RANGE[1])
-    x1 = ((canvas_width - w) * t[:, 2]).floor()
-    y1 = ((canvas_height - h) * t[:, 3]).floor()
-    x2 = torch.maximum((x1 + w).floor(), x1 + 1).clamp_(max=canvas_width)
-    y2 = torch.maximum((y1 + h).floor(), y1 + 1).clamp_(max=canvas_height)
-    rects = torch.stack([x1, y1, x2, y2], dim=1)  # (T, 4)
     b = boxes.double()
-    iou = box_iou(rects, b)  # (T, K)
     cx = (b[:, 0] + b[:, 2]) * 0.5
     cy = (b[:, 1] + b[:, 3]) * 0.5
-    inside = (
-        (cx[None] > x1[:, None]) & (cx[None] < x2[:, None])
-        & (cy[None] > y1[:, None]) & (cy[None] < y2[:, None])
-    )  # (T, K)
-    valid = ok & (iou.amax(dim=1) >= mode) & inside.any(dim=1)
-    first = int(torch.argmax(valid.to(torch.uint8)))
-    if not bool(valid[first]):
-        return None
-    window = tuple(int(v) for v in rects[first].tolist())
-    return window, inside[first]  # type: ignore[return-value]
+    while True:
+        mode = modes[min(int(float(u[0]) * len(modes)), len(modes) - 1)]
+        if mode is None:
+            return None
+        t = u[1:].view(CROP_TRIALS, 4).double()
+        w = canvas_width * (CROP_MIN_SCALE + (1.0 - CROP_MIN_SCALE) * t[:, 0])
+        h = canvas_height * (CROP_MIN_SCALE + (1.0 - CROP_MIN_SCALE) * t[:, 1])
+        aspect = h / w
+        ok = (aspect >= CROP_ASPECT_RANGE[0]) & (aspect <= CROP_ASPECT_RANGE[1])
+        if rule == "original":
+            # numpy.random.uniform(W - w) draws between low = W - w and high = 1.0
+            left = (canvas_width - w) + (1.0 - (canvas_width - w)) * t[:, 2]
+            top = (canvas_height - h) + (1.0 - (canvas_height - h)) * t[:, 3]
+            x1, y1 = left.floor(), top.floor()
+            x2 = (left + w).floor().clamp_(max=canvas_width)
+            y2 = (top + h).floor().clamp_(max=canvas_height)
+        else:
+            x1 = ((canvas_width - w) * t[:, 2]).floor()
+            y1 = ((canvas_height - h) * t[:, 3]).floor()
+            x2 = torch.maximum((x1 + w).floor(), x1 + 1).clamp_(max=canvas_width)
+            y2 = torch.maximum((y1 + h).floor(), y1 + 1).clamp_(max=canvas_height)
+        inside = (
+            (cx[None] > x1[:, None]) & (cx[None] < x2[:, None])
+            & (cy[None] > y1[:, None]) & (cy[None] < y2[:, None])
+        )  # (T, K)
+        valid = ok & inside.any(dim=1)
+        if rule == "paper" and mode > 0.0:
+            rects = torch.stack([x1, y1, x2, y2], dim=1)
+            valid &= box_iou(rects, b).amax(dim=1) >= mode
+        first = int(torch.argmax(valid.to(torch.uint8)))
+        if bool(valid[first]):
+            window = (int(x1[first]), int(y1[first]), int(x2[first]), int(y2[first]))
+            return window, inside[first]
+        if rule == "paper":
+            return None
+        u = redraw() if redraw is not None else torch.rand(_CROP_DRAWS, dtype=torch.float64)
 
 
 def _axis(win_lo: int, win_hi: int, offset: int, length: int, size: int) -> tuple[int, int, int, int] | None:
@@ -452,11 +501,15 @@ class SSDTransform:
             start = _PHOTO_DRAWS + _EXPAND_DRAWS
             shift = boxes.new_tensor([left, top, left, top]) if (left or top) else None
             crop = sample_crop(ch, cw, boxes + shift if shift is not None else boxes,
-                               u[start:start + _CROP_DRAWS])
+                               u[start:start + _CROP_DRAWS], self.config.crop_rule, self._redraw_crop)
             if crop is not None:
                 window, keep = crop
         mirror = "mirror" in self._steps and float(u[-1]) < STEP_PROBABILITY
         return photo, Geometry(height, width, ch, cw, top, left, window, mirror), keep
+
+    def _redraw_crop(self) -> Tensor:
+        """Fresh crop uniforms, for the original rule's redraw after 50 failed trials."""
+        return torch.rand(_CROP_DRAWS, generator=self.generator, dtype=torch.float64)
 
     # ---------------------------------------------------------------- applying
     def _affine(self, photo: PhotometricParams | None) -> tuple[Tensor, Tensor, bool]:
@@ -608,6 +661,8 @@ def build_transform(
 
 
 __all__ = [
+    "CROP_MODES",
+    "CROP_RULES",
     "STEPS",
     "AugmentConfig",
     "Geometry",

@@ -60,6 +60,16 @@ class DataConfig:
     #: Use only the first N training / test images (null: all of them).
     max_train_images: int | None = None
     max_test_images: int | None = None
+    #: Hold out this many images of the training split as the validation split (a
+    #: fixed choice, seeded by ``val_seed``, made before ``max_train_images`` cuts the
+    #: rest): learning curves and schedule choices read it, training never sees it,
+    #: and the test split is scored once, at the end of a run. 0: no validation split.
+    val_images: int = 0
+    val_seed: int = 0
+
+    def validate(self, where: str) -> None:
+        if self.val_images < 0:
+            raise ConfigError(f"{where}: data.val_images must be 0 or more, got {self.val_images}")
 
 
 @dataclass
@@ -111,7 +121,8 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     seed: int = 0
-    #: Validation mAP every N epochs (0: only at the end).
+    #: Validation-split mAP every N epochs (0: only after the last epoch); needs
+    #: ``data.val_images``. Without a validation split no curve is scored.
     eval_every: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -154,8 +165,14 @@ class RunConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
 
     def validate(self, where: str = "<config>") -> "RunConfig":
+        self.data.validate(where)
         self.model.validate(where)
         self.train.validate(where)
+        if self.train.eval_every and not self.data.val_images:
+            raise ConfigError(
+                f"{where}: train.eval_every needs a validation split (data.val_images > 0); "
+                "the test split is scored once, at the end of a run"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

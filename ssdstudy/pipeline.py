@@ -114,10 +114,12 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
     device = trainer.device
 
     def validate(model: torch.nn.Module) -> float:
-        dets = detect_records(model, workspace.test_records, config, device, progress=False)
-        return evaluate(workspace.test_records, dets, workspace.class_names, coco=False, size_bins=False)["voc07_map"]
+        """VOC07 mAP on the validation split (never the test split)."""
+        records = workspace.val_records
+        dets = detect_records(model, records, config, device, progress=False)
+        return evaluate(records, dets, workspace.class_names, coco=False, size_bins=False)["voc07_map"]
 
-    trainer.fit(resume=True, validate=validate)
+    trainer.fit(resume=True, validate=validate if config.data.val_images else None)
     model = trainer.model.eval()
 
     if not paths.metrics.is_file():

@@ -8,6 +8,7 @@ configuration asks for it (``data.synth``) and ``data.root`` does not exist.
 
 from __future__ import annotations
 
+import random
 from functools import cached_property
 from pathlib import Path
 
@@ -91,9 +92,37 @@ class Workspace:
         return records[:limit] if limit else records
 
     @cached_property
-    def train_records(self) -> list:
+    def _val_ids(self) -> frozenset[str]:
+        """Ids of the training split's images held out for validation (seeded choice)."""
         d = self.config.data
-        return self._records(d.train_split, d.train_years, d.max_train_images, d.keep_difficult)
+        if not d.val_images:
+            return frozenset()
+        records = self._records(d.train_split, d.train_years, None, d.keep_difficult)
+        if d.val_images >= len(records):
+            raise UserError(
+                f"data.val_images: {d.val_images} validation images asked for, but the training split "
+                f"of {self.root} has only {len(records)}"
+            )
+        chosen = random.Random(d.val_seed).sample(range(len(records)), d.val_images)
+        return frozenset(records[i].image_id for i in chosen)
+
+    @cached_property
+    def train_records(self) -> list:
+        """The training split less the validation images, then cut to ``max_train_images``."""
+        d = self.config.data
+        held_out = self._val_ids
+        records = [r for r in self._records(d.train_split, d.train_years, None, d.keep_difficult)
+                   if r.image_id not in held_out]
+        return records[: d.max_train_images] if d.max_train_images else records
+
+    @cached_property
+    def val_records(self) -> list:
+        """The validation split: held-out training images, difficult objects as in the test
+        split (flagged and ignored by the evaluation under ``data.test_difficult: ignore``)."""
+        d = self.config.data
+        held_out = self._val_ids
+        return [r for r in self._records(d.train_split, d.train_years, None, d.test_difficult == "ignore")
+                if r.image_id in held_out]
 
     @cached_property
     def test_records(self) -> list:

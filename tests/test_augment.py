@@ -291,7 +291,7 @@ def test_sample_crop_honours_the_constraints():
     for _ in range(200):
         u = torch.rand(1 + 4 * CROP_TRIALS, generator=gen, dtype=torch.float64)
         mode = CROP_MIN_IOUS[int(u[0] * len(CROP_MIN_IOUS))]
-        result = sample_crop(200, 210, boxes, u)
+        result = sample_crop(200, 210, boxes, u, "paper")
         if mode is None:
             assert result is None
             continue

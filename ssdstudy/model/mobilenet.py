@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ssdstudy.model.layers import Float32AutocastConv2d
 from ssdstudy.model.priors import MOBILENET_V1_PRIORS
 from ssdstudy.model.registry import Backbone, BackboneParts, KeyTable, register_backbone
 
@@ -70,7 +71,7 @@ def _conv_bn(inp: int, out: int, stride: int) -> nn.Sequential:
     )
 
 
-class StridedDepthwiseConv2d(nn.Conv2d):
+class StridedDepthwiseConv2d(Float32AutocastConv2d):
     """A 3x3 depthwise convolution with stride 2 that a CPU computes in float32 even
     under bf16 autocast.
 
@@ -80,12 +81,6 @@ class StridedDepthwiseConv2d(nn.Conv2d):
     weights, the module and its state-dict keys are those of ``nn.Conv2d``; outside
     CPU autocast nothing changes.
     """
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float()).to(x.dtype)
-        return super().forward(x)
 
 
 def _conv_dw(inp: int, out: int, stride: int) -> nn.Sequential:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ssdstudy.model.layers import float32_where_taps_see_padding
 from ssdstudy.model.priors import PriorConfig, generate_priors
 from ssdstudy.model.registry import BACKBONES, BackboneParts, ModelConfigError, check_width
 
@@ -82,15 +83,34 @@ class SSD(nn.Module):
             nn.Conv2d(c, b * num_classes, kernel_size=3, padding=1)
             for c, b in zip(parts.head_channels, self.boxes_per_cell, strict=True)
         )
-        self.feature_map_sizes, self.padded_extras = self._measure_maps()
+        self.feature_map_sizes, self.padded_extras, conv_inputs = self._measure_maps()
+        # convolutions with a kernel tap that sees only padding at this size compute in
+        # float32 under CPU autocast (see ssdstudy.model.layers)
+        guarded = set(float32_where_taps_see_padding(conv_inputs))
+        self.float32_convs = tuple(name for name, m in self.named_modules() if m in guarded)
         self.register_buffer("priors", generate_priors(self.prior_config, self.feature_map_sizes), persistent=False)
         self.reset_parameters()
 
     # -- construction helpers -------------------------------------------------------
-    def _measure_maps(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
-        """Feature-map sides at ``image_size`` (after fitting the extras) and the
-        extra convolutions that needed padding."""
+    def _measure_maps(self) -> tuple[tuple[int, ...], tuple[str, ...], dict[nn.Conv2d, tuple[int, int]]]:
+        """Feature-map sides at ``image_size`` (after fitting the extras), the extra
+        convolutions that needed padding, and the input (H, W) of every convolution."""
         x = torch.empty(1, 3, self.image_size, self.image_size, device="meta")
+        conv_inputs: dict[nn.Conv2d, tuple[int, int]] = {}
+
+        def record(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            conv_inputs[module] = (int(inputs[0].shape[-2]), int(inputs[0].shape[-1]))
+
+        hooks = [m.register_forward_pre_hook(record) for m in self.modules() if isinstance(m, nn.Conv2d)]
+        try:
+            return self._measure_maps_of(x, conv_inputs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _measure_maps_of(
+        self, x: Tensor, conv_inputs: dict[nn.Conv2d, tuple[int, int]]
+    ) -> tuple[tuple[int, ...], tuple[str, ...], dict[nn.Conv2d, tuple[int, int]]]:
         try:
             maps = dry_run(self.backbone, x)
         except (RuntimeError, ValueError) as err:
@@ -105,7 +125,10 @@ class SSD(nn.Module):
         for block in self.extras:
             y = dry_run(block, y)
             sizes.append(int(y.shape[-1]))
-        return tuple(sizes), padded
+        for heads in (self.loc_heads, self.cls_heads):
+            for head, side in zip(heads, sizes, strict=True):
+                conv_inputs[head] = (side, side)
+        return tuple(sizes), padded, conv_inputs
 
     def reset_parameters(self) -> None:
         """Initialise as the original code base does when it starts from a base network:
