@@ -37,9 +37,9 @@ def mobilenet() -> SSD:
     return build_model("mobilenet_v1", 21).eval()
 
 
-def test_registry_lists_both_backbones():
-    assert available_backbones() == ("mobilenet_v1", "vgg16")
-    assert set(BACKBONES) == {"vgg16", "mobilenet_v1"}
+def test_registry_lists_the_backbones():
+    assert available_backbones() == ("mobilenet_v1", "vgg16", "vgg16_bn")
+    assert set(BACKBONES) == {"vgg16", "vgg16_bn", "mobilenet_v1"}
 
 
 def test_parameter_counts_equal_the_original_networks(vgg, mobilenet):
@@ -225,3 +225,63 @@ def test_strided_depthwise_convolutions_run_in_float32_under_cpu_autocast():
     expected = torch.nn.functional.conv2d(x.float(), conv.weight, None, 2, 1, 1, 64)
     assert torch.equal(y, expected.to(torch.bfloat16))
     assert torch.equal(conv(x.float()), expected)  # outside autocast: an ordinary convolution
+
+
+def test_vgg16_bn_is_vgg16_with_batchnorm_after_every_convolution(vgg):
+    bn = build_model("vgg16_bn", 21).eval()
+    assert bn.feature_map_sizes == vgg.feature_map_sizes and torch.equal(bn.priors, vgg.priors)
+    convs = [m for m in bn.backbone.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in bn.backbone.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) == len(norms) == 13
+    assert isinstance(bn.backbone.features[32], torch.nn.ReLU)  # conv4_3's ReLU, torchvision's vgg16_bn index
+    assert isinstance(bn.backbone.fc6_bn, torch.nn.BatchNorm2d) and isinstance(bn.backbone.fc7_bn, torch.nn.BatchNorm2d)
+    extra_norms = [m for m in bn.extras.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(extra_norms) == 8
+    # the same convolutions as VGG16; BatchNorm adds 2 parameters per channel
+    bn_params = sum(m.weight.numel() + m.bias.numel() for m in bn.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv4_3_norm = 2 * 512
+    assert n_params(bn) - bn_params == n_params(vgg) - conv4_3_norm
+    with torch.inference_mode():
+        locs, logits = bn(torch.randn(1, 3, 300, 300))
+    assert locs.shape == (1, 8732, 4) and logits.shape == (1, 8732, 21)
+    # He initialisation of the backbone's convolutions: std sqrt(2 / fan_out)
+    w = bn.backbone.features[0].weight
+    assert abs(float(w.std()) - (2 / (64 * 9)) ** 0.5) < 0.2 * (2 / (64 * 9)) ** 0.5
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "padding", "dilation", "expected"), [
+    ((1, 1), 3, 2, 1, 1, True),    # a 3x3 convolution on a 1x1 map: 8 taps read padding only
+    ((2, 2), 3, 2, 1, 1, True),    # stride 2 on 2x2: the first row and column of taps see padding
+    ((2, 2), 3, 1, 1, 1, False),
+    ((3, 3), 3, 1, 0, 1, False),
+    ((6, 6), 3, 1, 6, 6, True),    # VGG16's fc6 (dilation 6) on a 6x6 map
+    ((8, 8), 3, 1, 6, 6, False),
+    ((5, 5), 1, 1, 0, 1, False),
+])
+def test_taps_without_input(size, kernel, stride, padding, dilation, expected):
+    from ssdstudy.model.layers import taps_without_input
+
+    conv = torch.nn.Conv2d(4, 4, kernel, stride=stride, padding=padding, dilation=dilation)
+    assert taps_without_input(size, conv) is expected
+
+
+def test_convolutions_whose_taps_see_only_padding_compute_in_float32_under_autocast():
+    from ssdstudy.model.layers import Float32AutocastConv2d
+
+    model = build_model("mobilenet_v1", 9, image_size=300)
+    # the maps are 19, 10, 5, 3, 2, 1: the last extra and the two heads on the 1x1 map
+    assert model.float32_convs == ("extras.3.2", "loc_heads.5", "cls_heads.5")
+    assert all(isinstance(model.get_submodule(n), Float32AutocastConv2d) for n in model.float32_convs)
+    assert build_model("vgg16", 9, image_size=300).float32_convs == ("loc_heads.5", "cls_heads.5")
+    assert "fc6" in " ".join(build_model("vgg16", 9, image_size=96).float32_convs)
+    head = model.get_submodule("cls_heads.5")
+    x = torch.randn(2, 256, 1, 1, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = head(x)
+    y.float().sum().backward()
+    assert torch.isfinite(head.weight.grad).all()
+    # taps that see only padding get exactly zero gradient
+    border = head.weight.grad.clone()
+    border[:, :, 1, 1] = 0
+    assert torch.count_nonzero(border) == 0
+    assert model.state_dict().keys() == build_model("mobilenet_v1", 9, image_size=300).state_dict().keys()

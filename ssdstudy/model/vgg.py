@@ -70,7 +70,9 @@ class L2Norm(nn.Module):
         return F.normalize(x, p=2.0, dim=1) * self.scale.view(1, -1, 1, 1)
 
 
-def _vgg16_features() -> nn.Sequential:
+def _vgg16_features(batch_norm: bool = False) -> nn.Sequential:
+    """VGG16's 13 convolutions and pools; with ``batch_norm`` a BatchNorm2d after every
+    convolution (torchvision's ``vgg16_bn`` layout: conv, BN, ReLU)."""
     layers: list[nn.Module] = []
     in_channels = 3
     for item in _VGG16_LAYOUT:
@@ -79,7 +81,10 @@ def _vgg16_features() -> nn.Sequential:
         elif item == "C":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
         else:
-            layers += [nn.Conv2d(in_channels, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(in_channels, item, kernel_size=3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(item))
+            layers.append(nn.ReLU(inplace=True))
             in_channels = item
     return nn.Sequential(*layers)
 
@@ -90,12 +95,17 @@ class VGG16Base(Backbone):
 
     out_channels = (512, 1024)
 
+    #: Index in ``features`` after conv4_3's ReLU.
+    conv4_3_end = _CONV4_3_END
+
     def __init__(self, conv4_3_norm: str = "batchnorm"):
         super().__init__()
         self.features = _vgg16_features()
         self.pool5 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
         self.fc6 = nn.Conv2d(512, 1024, kernel_size=3, padding=6, dilation=6)
         self.fc7 = nn.Conv2d(1024, 1024, kernel_size=1)
+        self.fc6_bn: nn.Module = nn.Identity()
+        self.fc7_bn: nn.Module = nn.Identity()
         if conv4_3_norm == "batchnorm":
             self.conv4_3_norm: nn.Module = nn.BatchNorm2d(512)
         elif conv4_3_norm == "l2":
@@ -108,12 +118,12 @@ class VGG16Base(Backbone):
         self.norm_kind = conv4_3_norm
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.features[:_CONV4_3_END](x)
+        x = self.features[: self.conv4_3_end](x)
         conv4_3 = self.conv4_3_norm(x)
-        x = self.features[_CONV4_3_END:](x)
+        x = self.features[self.conv4_3_end:](x)
         x = self.pool5(x)
-        x = F.relu(self.fc6(x), inplace=True)
-        x = F.relu(self.fc7(x), inplace=True)
+        x = F.relu(self.fc6_bn(self.fc6(x)), inplace=True)
+        x = F.relu(self.fc7_bn(self.fc7(x)), inplace=True)
         return [conv4_3, x]
 
     def original_name(self, key: str) -> tuple[str, str]:
@@ -154,6 +164,50 @@ class VGG16Base(Backbone):
         return None
 
 
+class VGG16BNBase(VGG16Base):
+    """VGG16 with a BatchNorm after every convolution, for training from scratch.
+
+    Plain VGG16 barely learns from scratch (SSD's VGG16 starts from ImageNet weights);
+    ScratchDet (Zhu et al., CVPR 2019) trains SSD from scratch by adding BatchNorm to
+    the backbone and the extra layers. Here: torchvision's ``vgg16_bn`` layout for the
+    13 convolutions (conv, BN, ReLU; conv4_3's ReLU at ``features.32``), a BatchNorm
+    after fc6 and after fc7, conv4_3's normalisation as in :class:`VGG16Base`, and He
+    (Kaiming) initialisation of the convolutions. The extra layers get BatchNorm too
+    (see :func:`vgg16_bn`); the heads stay plain convolutions. The original code base
+    has no such model: its checkpoints do not load into it, torchvision's ImageNet
+    ``vgg16_bn`` weights do (the 13 convolutions and their BatchNorms).
+    """
+
+    conv4_3_end = 33
+
+    def __init__(self, conv4_3_norm: str = "batchnorm"):
+        super().__init__(conv4_3_norm)
+        self.features = _vgg16_features(batch_norm=True)
+        self.fc6_bn = nn.BatchNorm2d(1024)
+        self.fc7_bn = nn.BatchNorm2d(1024)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def original_name(self, key: str) -> tuple[str, str]:
+        raise KeyError(f"{key}: the original code base has no VGG16 with BatchNorm")
+
+    def base_key_tables(self, prefix: str) -> list[KeyTable]:
+        keys = [k for k in self.state_dict() if k.startswith("features.")]
+        return [
+            KeyTable(
+                "torchvision-vgg16-bn",
+                {key: prefix + key for key in keys},
+                ignored_prefixes=("classifier.",),
+                adapt=lambda model, state: fold_input_normalisation(
+                    state, prefix + "features.0", TORCHVISION_MEAN, TORCHVISION_STD, model.mean, model.std
+                ),
+                description="torchvision's ImageNet VGG16-BN (its 13 convolutions and BatchNorms)",
+            )
+        ]
+
+
 def fold_input_normalisation(
     state: dict[str, Tensor],
     conv: str,
@@ -184,12 +238,37 @@ def fold_input_normalisation(
     state[conv + ".bias"] = (bias.double() + (w * shift.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))).to(dtype)
 
 
-def _extra(in_channels: int, mid: int, out: int, stride: int, padding: int) -> nn.Sequential:
+def _extra(in_channels: int, mid: int, out: int, stride: int, padding: int, batch_norm: bool = False) -> nn.Sequential:
+    def bn(channels: int) -> list[nn.Module]:
+        return [nn.BatchNorm2d(channels)] if batch_norm else []
+
     return nn.Sequential(
         nn.Conv2d(in_channels, mid, kernel_size=1),
+        *bn(mid),
         nn.ReLU(),
         nn.Conv2d(mid, out, kernel_size=3, stride=stride, padding=padding),
+        *bn(out),
         nn.ReLU(),
+    )
+
+
+def _vgg16_parts(body: VGG16Base, conv4_3_norm: str, batch_norm: bool) -> BackboneParts:
+    extras = nn.ModuleList(
+        [
+            _extra(1024, 256, 512, stride=2, padding=1, batch_norm=batch_norm),  # 19 -> 10
+            _extra(512, 128, 256, stride=2, padding=1, batch_norm=batch_norm),  # 10 -> 5
+            _extra(256, 128, 256, stride=1, padding=0, batch_norm=batch_norm),  # 5 -> 3
+            _extra(256, 128, 256, stride=1, padding=0, batch_norm=batch_norm),  # 3 -> 1
+        ]
+    )
+    return BackboneParts(
+        body=body,
+        extras=extras,
+        head_channels=(512, 1024, 512, 256, 256, 256),
+        priors=VGG16_PRIORS,
+        mean=VGG_MEAN,
+        std=VGG_STD,
+        options={"conv4_3_norm": conv4_3_norm},
     )
 
 
@@ -203,21 +282,14 @@ def vgg16(width: float = 1.0, conv4_3_norm: str = "batchnorm") -> BackboneParts:
     """
     if width != 1.0:
         raise ModelConfigError(f"model.width applies to mobilenet_v1 only; vgg16 needs width 1.0, got {width!r}")
-    body = VGG16Base(conv4_3_norm)
-    extras = nn.ModuleList(
-        [
-            _extra(1024, 256, 512, stride=2, padding=1),  # 19 -> 10
-            _extra(512, 128, 256, stride=2, padding=1),  # 10 -> 5
-            _extra(256, 128, 256, stride=1, padding=0),  # 5 -> 3
-            _extra(256, 128, 256, stride=1, padding=0),  # 3 -> 1
-        ]
-    )
-    return BackboneParts(
-        body=body,
-        extras=extras,
-        head_channels=(512, 1024, 512, 256, 256, 256),
-        priors=VGG16_PRIORS,
-        mean=VGG_MEAN,
-        std=VGG_STD,
-        options={"conv4_3_norm": conv4_3_norm},
-    )
+    return _vgg16_parts(VGG16Base(conv4_3_norm), conv4_3_norm, batch_norm=False)
+
+
+@register_backbone("vgg16_bn")
+def vgg16_bn(width: float = 1.0, conv4_3_norm: str = "batchnorm") -> BackboneParts:
+    """VGG16-SSD300 with BatchNorm after every backbone and extra convolution, for
+    training from scratch (see :class:`VGG16BNBase`); default boxes as VGG16-SSD300.
+    """
+    if width != 1.0:
+        raise ModelConfigError(f"model.width applies to mobilenet_v1 only; vgg16_bn needs width 1.0, got {width!r}")
+    return _vgg16_parts(VGG16BNBase(conv4_3_norm), conv4_3_norm, batch_norm=True)
