@@ -92,7 +92,7 @@ LARGE_BINS: tuple[str, ...] = ("40-60", "60-80")
 #: prediction time (as long as the network's forward pass, or longer).
 BOTTLENECK_SHARE = 0.5
 
-_NAMES = {"vgg16": "VGG16", "mobilenet_v1": "MobileNetV1"}
+_NAMES = {"vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1"}
 VGG, MOBILENET = "vgg16", "mobilenet_v1"
 
 

@@ -29,6 +29,14 @@ from ssdstudy.augment import AugmentConfig
 from ssdstudy.errors import ConfigError
 
 STUDY_BACKBONES = ("vgg16", "mobilenet_v1")
+#: Variants of a study backbone that take its place in the chapters and claims (VGG16
+#: with BatchNorm stands for VGG16 where no ImageNet weights are given).
+BACKBONE_FAMILIES = {"vgg16_bn": "vgg16"}
+
+
+def backbone_family(name: str) -> str:
+    """The study backbone that ``name`` stands for (``"vgg16_bn"`` -> ``"vgg16"``)."""
+    return BACKBONE_FAMILIES.get(name, name)
 
 
 @dataclass

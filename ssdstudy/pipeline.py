@@ -109,6 +109,7 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
     paths.root.mkdir(parents=True, exist_ok=True)
     started = time.time()
     code = provenance.git_state()  # the code this process imported, whatever changes on disk later
+    compute_code = provenance.compute_code()
     trainer = Trainer(config, paths, progress=progress)
     workspace = trainer.workspace
     device = trainer.device
@@ -136,6 +137,15 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
         provenance.write_json(paths.metrics, to_json(metrics))
     metrics = json.loads(paths.metrics.read_text())
 
+    if not paths.samples.is_file():
+        records = workspace.test_records[:SAMPLE_IMAGES]
+        dets = detect_records(model, records, config, device, progress=False)
+        provenance.write_json(paths.samples, {
+            "score_threshold": SAMPLE_SCORE, "class_names": list(workspace.class_names),
+            "images": [{"image_id": r.image_id, **{k: v[dets[r.image_id]["scores"] >= SAMPLE_SCORE].tolist()
+                                                   for k, v in dets[r.image_id].items()}} for r in records],
+        })
+
     if not paths.timing.is_file():
         images, sizes = timing_images(model, workspace.test_records, config)
         timing = {}
@@ -156,7 +166,7 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
     if not paths.provenance.is_file():
         history = pd.read_csv(paths.history)
         provenance.write_json(paths.provenance, provenance.collect(
-            str(device), seed=config.train.seed, git=code, run_id=config.run_id,
+            str(device), seed=config.train.seed, git=code, run_id=config.run_id, compute_code=compute_code,
             wall_seconds_finalise=time.time() - started,
             training_seconds=float(history["epoch_seconds"].sum()),
         ))
@@ -168,13 +178,29 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
     }
 
 
+#: Test images whose detections a run keeps in ``samples.json``, and their lowest score.
+SAMPLE_IMAGES = 4
+SAMPLE_SCORE = 0.3
+
+
 def sample_detections(run_dir: str | Path, n: int = 4, score_threshold: float = 0.4) -> list[tuple[np.ndarray, dict, tuple[str, ...]]]:
-    """A few test images of a finished run with its detections, for notebooks."""
+    """A few test images of a finished run with its detections, for notebooks: from the
+    run's ``samples.json`` (published; no checkpoint needed) or, for more images than it
+    holds, from the checkpoint."""
     paths = RunPaths(Path(run_dir))
-    model, config, class_names = load_model(paths.checkpoint)
-    config = read_config(paths.config) if paths.config.is_file() else config
-    records = Workspace(config).test_records[:n]
-    dets = detect_records(model, records, config, torch.device("cpu"), progress=False)
+    config = read_config(paths.config)
+    records = Workspace(config, progress=False).test_records[:n]
+    if paths.samples.is_file() and n <= SAMPLE_IMAGES and score_threshold >= SAMPLE_SCORE:
+        saved = json.loads(paths.samples.read_text())
+        class_names = tuple(saved["class_names"])
+        by_id = {d["image_id"]: d for d in saved["images"]}
+        dets = {r.image_id: {k: np.asarray(by_id[r.image_id][k], dtype=np.float32 if k != "labels" else np.int64)
+                             for k in ("boxes", "scores", "labels")} for r in records}
+        for d in dets.values():
+            d["boxes"] = d["boxes"].reshape(-1, 4)
+    else:
+        model, _, class_names = load_model(paths.checkpoint)
+        dets = detect_records(model, records, config, torch.device("cpu"), progress=False)
     out = []
     from PIL import Image
 

@@ -40,6 +40,7 @@ __all__ = [
     "augmentation_grid",
     "backbone_color",
     "backbone_label",
+    "family_label",
     "detection_grid",
     "device_times",
     "draw_detections",
@@ -60,9 +61,9 @@ __all__ = [
 
 # --- the visual language ---------------------------------------------------------------
 
-BACKBONE_LABELS: dict[str, str] = {"vgg16": "VGG16", "mobilenet_v1": "MobileNetV1"}
+BACKBONE_LABELS: dict[str, str] = {"vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1"}
 _PALETTE = sns.color_palette("colorblind", 10).as_hex()
-_BACKBONE_COLORS: dict[str, str] = {"vgg16": _PALETTE[3], "mobilenet_v1": _PALETTE[0]}
+_BACKBONE_COLORS: dict[str, str] = {"vgg16": _PALETTE[3], "vgg16_bn": _PALETTE[3], "mobilenet_v1": _PALETTE[0]}
 _OTHER_COLORS = [_PALETTE[i] for i in (2, 4, 1, 5, 6, 7, 8, 9)]
 
 #: Augmentation settings in the order the book lists them, with their markers.
@@ -113,6 +114,16 @@ def backbone_label(name: str) -> str:
     return BACKBONE_LABELS.get(name, str(name))
 
 
+def family_label(df: pd.DataFrame, family: str) -> str:
+    """The label of a study backbone in ``df``, naming the exact backbones its rows used
+    (column ``variant``): "VGG16-BN" where VGG16 with BatchNorm stood for VGG16."""
+    if "variant" in df.columns and "backbone" in df.columns:
+        variants = sorted({str(v) for v in df.loc[df["backbone"] == family, "variant"].dropna()})
+        if variants:
+            return " / ".join(backbone_label(v) for v in variants)
+    return backbone_label(family)
+
+
 def backbone_color(name: str) -> str:
     """The colour of a backbone (a stable colour for names the study does not know)."""
     if name in _BACKBONE_COLORS:
@@ -158,7 +169,7 @@ def short_label(row: Mapping[str, Any] | pd.Series) -> str:
     (the baseline settings, augmentation "all" and mining "3:1", are not written);
     falls back on ``label``.
     """
-    backbone = _get(row, "backbone")
+    backbone = _get(row, "variant") or _get(row, "backbone")  # the exact backbone: VGG16-BN, not VGG16
     if backbone is None:
         return str(_get(row, "label", "run"))
     parts = [backbone_label(backbone) + _width_text(_get(row, "width", 1.0))]
@@ -275,7 +286,7 @@ def map_vs_prediction_time(
         backbones = sorted(data["backbone"].unique(), key=_backbone_rank)
         augments = sorted(data["augment"].unique(), key=_augment_rank)
         first = ax.legend(
-            handles=[Patch(color=backbone_color(b), label=backbone_label(b)) for b in backbones],
+            handles=[Patch(color=backbone_color(b), label=family_label(data, b)) for b in backbones],
             title="backbone", loc="upper left", bbox_to_anchor=(1.01, 1.0),
         )
         ax.add_artist(first)
@@ -321,7 +332,7 @@ def device_times(hw_df: pd.DataFrame, metric: str = "prediction_ms", *, log: boo
         data = data.copy()
         data["_device"] = [_device_label(r) for _, r in data.iterrows()]
         data["_gpu"] = [0 if _get(r, "device", "cpu") == "cpu" else 1 for _, r in data.iterrows()]
-        data["_series"] = [backbone_label(r["backbone"]) + _width_text(_get(r, "width", 1.0)) for _, r in data.iterrows()]
+        data["_series"] = [backbone_label(_get(r, "variant") or r["backbone"]) + _width_text(_get(r, "width", 1.0)) for _, r in data.iterrows()]
         n_devices, n_series = data["_device"].nunique(), data["_series"].nunique()
     with _style():
         fig, axes = _figure(figsize=(7.0, 1.0 + 0.3 * n_devices * (n_series + 0.5)))
@@ -442,7 +453,7 @@ def mining_table(df: pd.DataFrame) -> pd.DataFrame:
     settings = _mining_order(df["mining"].astype(str).tolist())
     backbones = sorted(df["backbone"].unique(), key=_backbone_rank)
     means = df.groupby(["backbone", "mining"])[["voc07_map", "prediction_ms"]].mean()
-    out = pd.DataFrame(index=pd.Index([backbone_label(b) for b in backbones], name="backbone"))
+    out = pd.DataFrame(index=pd.Index([family_label(df, b) for b in backbones], name="backbone"))
     for metric, text in (("voc07_map", "mAP"), ("prediction_ms", "prediction ms")):
         for m in settings:
             out[f"{text}, {_mining_text(m)}"] = [
@@ -470,7 +481,7 @@ def mining_figure(df: pd.DataFrame) -> Figure:
             for j, m in enumerate(settings):
                 col = f"{metric}, {_mining_text(m)}"
                 for i, b in enumerate(backbones):
-                    value = table.at[backbone_label(b), col]
+                    value = table.at[family_label(df, b), col]
                     if pd.isna(value):
                         continue
                     x = i - 0.4 + width * (j + 0.5)
@@ -478,7 +489,7 @@ def mining_figure(df: pd.DataFrame) -> Figure:
                            hatch="//" if m == "none" else "", edgecolor="white", linewidth=0.4)
                     ax.annotate(f"{value:.3f}" if metric == "mAP" else _fmt(value), (x, value), xytext=(0, 2),
                                 textcoords="offset points", ha="center", fontsize=7)
-            ax.set_xticks(range(len(backbones)), [backbone_label(b) for b in backbones])
+            ax.set_xticks(range(len(backbones)), [family_label(df, b) for b in backbones])
             ax.set_ylabel(ylabel)
             ax.margins(y=0.15)
         axes[0, 1].legend(
@@ -613,7 +624,7 @@ def augmentation_ablation(df: pd.DataFrame) -> Figure:
                     text += f" ({value - base:+.3f})"
                 ax.annotate(text, (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
                 ticks.append(y)
-                labels.append(f"{backbone_label(b)}: {s}" if len(backbones) > 1 else str(s))
+                labels.append(f"{family_label(data, b)}: {s}" if len(backbones) > 1 else str(s))
                 y += 1
             if not pd.isna(base):
                 ax.plot([base, base], [start - 0.45, y - 0.55], ls="--", lw=1, color="0.3")

@@ -32,6 +32,49 @@ def git_state() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
+#: The modules whose code decides what a run computes (its model, data, augmentation,
+#: loss, training, prediction and scoring), relative to the package. A run records the
+#: hash of their code; a run made with other code is stale (see :func:`compute_code`).
+COMPUTE_MODULES = (
+    "augment.py", "boxes.py", "loss.py", "train.py", "pipeline.py", "predict.py", "workspace.py",
+    "data", "model", "evaluate",
+)
+
+
+def _code_without_docstrings(source: str) -> str:
+    """The syntax tree of ``source`` with docstrings left out: comments, docstrings and
+    formatting do not change what code computes."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+def compute_code(package: Path | None = None) -> str:
+    """A 12-hex-digit hash of the code of :data:`COMPUTE_MODULES` (their syntax trees
+    without docstrings, so comments and wording do not count).
+
+    A published run records it; when it differs from the code at hand, the run was
+    computed by other code and the study reports it stale and recomputes it.
+    """
+    import hashlib
+
+    root = package or Path(ssdstudy.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in COMPUTE_MODULES:
+        path = root / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(_code_without_docstrings(file.read_text()).encode() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def cpu_name() -> str:
     """The CPU model as the operating system names it."""
     try:

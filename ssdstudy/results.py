@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ssdstudy.config import backbone_family
 from ssdstudy.runs import RESULTS, RunPaths
 
 SIZE_BIN_NAMES = ("0-5", "5-10", "10-20", "20-40", "40-60", "60-80", "80-100")
 AUGMENT_STEPS = ("photometric", "expand", "crop", "mirror")
-BACKBONE_LABELS = {"vgg16": "VGG16", "mobilenet_v1": "MobileNetV1"}
+BACKBONE_LABELS = {"vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1"}
 
 
 def augment_label(augment: dict[str, Any]) -> str:
@@ -66,7 +67,9 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
         "run_id": paths.root.name,
         "run_dir": str(paths.root),
         "label": run_label(config),
-        "backbone": config["model"]["backbone"],
+        # the study backbone the run stands for (VGG16-BN for VGG16) and the exact one
+        "backbone": backbone_family(config["model"]["backbone"]),
+        "variant": config["model"]["backbone"],
         "width": float(config["model"]["width"]),
         "augment": augment_label(config["augment"]),
         "mining": mining_label(config["loss"]["neg_pos_ratio"]),
@@ -132,7 +135,8 @@ def hardware_rows(data: dict[str, Any], source: str) -> list[dict[str, Any]]:
             "device": t.get("device"),
             "device_name": t.get("device_name"),
             "threads": t.get("threads"),
-            "backbone": entry.get("backbone"),
+            "backbone": backbone_family(str(entry.get("backbone"))),
+            "variant": entry.get("backbone"),
             "width": entry.get("width", 1.0),
             "image_size": entry.get("image_size"),
             "inference_ms": _nan(t.get("inference_ms", {}).get("median")),
@@ -166,7 +170,8 @@ def load_hardware(profile: str | None = None, run_ids: Iterable[str] | None = No
             on_training_device = t.get("device") == trained_on and len(history)
             rows.append({
                 "machine": "study machine", "device": t.get("device"), "device_name": t.get("device_name"),
-                "threads": t.get("threads"), "backbone": config["model"]["backbone"],
+                "threads": t.get("threads"), "backbone": backbone_family(config["model"]["backbone"]),
+                "variant": config["model"]["backbone"],
                 "width": config["model"]["width"], "image_size": config["model"]["image_size"],
                 "inference_ms": _nan(t["inference_ms"]["median"]),
                 "prediction_ms": _nan(t["prediction_ms"]["median"]),

@@ -9,6 +9,8 @@
 ``metrics.json``       accuracy on the test split (:func:`ssdstudy.evaluate.evaluate`)
 ``outcomes.npz``       each detection's VOC outcome and each image's size bin, for
                        bootstrap intervals (:class:`ssdstudy.evaluate.bootstrap.Outcomes`)
+``samples.json``       detections on the first test images (the run page draws them
+                       without the checkpoint, which is not published)
 ``timing.json``        inference and prediction times per device
 ``provenance.json``    code version, software versions, machine, seed, wall time
 ``run.ipynb``          the executed run notebook (written by the study runner)
@@ -66,8 +68,31 @@ class RunPaths:
     def notebook(self) -> Path:
         return self.root / "run.ipynb"
 
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.json"
+
     def complete(self) -> bool:
         return all(p.is_file() for p in (self.metrics, self.timing, self.provenance))
+
+    def files(self) -> tuple[Path, ...]:
+        """Every file a run writes in its folder."""
+        return (self.config, self.history, self.checkpoint, self.metrics, self.outcomes, self.samples,
+                self.timing, self.provenance, self.notebook)
+
+    def compute_code(self) -> str | None:
+        """The compute-code hash the finished run recorded (None: not recorded)."""
+        import json
+
+        if not self.provenance.is_file():
+            return None
+        return json.loads(self.provenance.read_text()).get("compute_code")
+
+    def clear(self) -> None:
+        """Remove the run's files (a stale run, before it is computed again); a file of
+        anyone else's in the folder is left alone."""
+        for path in self.files():
+            path.unlink(missing_ok=True)
 
 
 def run_dir(profile: str, config: RunConfig, results: Path | None = None) -> RunPaths:

@@ -117,8 +117,30 @@ class Plan:
     def paths(self, run_id: str) -> RunPaths:
         return RunPaths(self.results / self.profile.name / "runs" / run_id)
 
+    def status(self, run_id: str, compute_code: str | None = None) -> str:
+        """``found``; ``stale`` (finished by other code than the code at hand);
+        ``to finish`` (finished, its notebook missing); ``to resume``; ``to train``."""
+        from ssdstudy.provenance import compute_code as current
+
+        paths = self.paths(run_id)
+        if paths.complete():
+            if paths.compute_code() != (compute_code or current()):
+                return "stale"
+            return "found" if paths.notebook.is_file() else "to finish"
+        return "to resume" if paths.checkpoint.is_file() else "to train"
+
     def missing(self) -> list[str]:
-        return [r for r in self.runs if not self.paths(r).complete()]
+        """Runs to compute: not finished, finished by other code, or without notebook."""
+        from ssdstudy.provenance import compute_code
+
+        code = compute_code()
+        return [r for r in self.runs if self.status(r, code) != "found"]
+
+    def stale(self) -> list[str]:
+        from ssdstudy.provenance import compute_code
+
+        code = compute_code()
+        return [r for r in self.runs if self.status(r, code) == "stale"]
 
 
 def make_plan(profile: str, only: list[str] | None = None, results: Path | None = None) -> Plan:
@@ -168,16 +190,20 @@ def describe(plan: Plan) -> str:
     lines = [f"profile {plan.profile.name}: {plan.profile.info.description}".rstrip(": ")]
     for exp in plan.experiments:
         lines.append(f"  experiment {exp.name}: {len(exp.runs)} runs")
+    from ssdstudy.provenance import compute_code
+
+    code = compute_code()
     missing = set(plan.missing())
     for run_id, cfg in plan.runs.items():
-        state = "to train" if run_id in missing else "found"
-        ckpt = plan.paths(run_id).checkpoint
-        if run_id in missing and ckpt.exists():
-            state = "to resume"
+        state = plan.status(run_id, code)
         lines.append(
             f"  {run_id}  {state:9}  {run_label(cfg.to_dict())}, {cfg.model.image_size}px, {cfg.train.epochs} epochs"
         )
     est = estimate_seconds(plan)
+    stale = plan.stale()
+    if stale:
+        lines.append(f"{len(stale)} runs are stale: computed by other code than this checkout's "
+                     f"(compute code {code}); they are computed again")
     lines.append(
         f"{len(missing)} runs to train, {len(plan.runs) - len(missing)} found; "
         f"estimated training time {est / 60:.0f} min on a 2-core CPU"
@@ -211,8 +237,31 @@ def execute_notebook(template: Path, output: Path, parameters: dict[str, Any], c
         if tmp.exists():
             os.replace(tmp, output.with_name(output.stem + ".failed.ipynb"))
         raise
+    hide_parameter_cells(tmp)
     os.replace(tmp, output)
     output.with_name(output.stem + ".failed.ipynb").unlink(missing_ok=True)
+
+
+def hide_parameter_cells(path: Path) -> None:
+    """Tag the parameter cells of an executed notebook ``remove-cell``: the book does not
+    show them (their values are in the page's own text where they matter)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if ("parameters" in tags or "injected-parameters" in tags) and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, path)
+
+
+def relative_to(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it (notebooks run with ``root`` as their
+    working folder), so that executed notebooks name no folder of the machine."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 class Study:
@@ -245,17 +294,21 @@ class Study:
         """Execute every missing run; returns the ids of the runs that finished now."""
         done = []
         missing = self.plan.missing()
+        stale = set(self.plan.stale())
         bar = tqdm(missing, disable=not self.progress, desc="runs", unit="run")
         for run_id in bar:
             cfg = self.plan.runs[run_id]
             paths = self.plan.paths(run_id)
             bar.set_postfix_str(f"{run_id} {cfg.model.backbone}")
+            if run_id in stale:  # never mix results of other code with this code's
+                paths.clear()
             paths.root.mkdir(parents=True, exist_ok=True)
             write_config(paths.config, cfg)
             try:
                 execute_notebook(
                     self.templates / "run.ipynb", paths.notebook,
-                    {"config_path": str(paths.config), "run_dir": str(paths.root), "profile": self.profile},
+                    {"config_path": relative_to(paths.config, self.root), "run_dir": relative_to(paths.root, self.root),
+                     "profile": self.profile},
                     cwd=self.root,
                 )
             except Exception as err:  # noqa: BLE001 - reported, and the study goes on
@@ -275,7 +328,7 @@ class Study:
                 execute_notebook(
                     self.templates / f"{chapter}.ipynb", out,
                     {"profile": self.profile, "experiment": names.get(chapter, chapter),
-                     "results_dir": str(self.plan.results)},
+                     "results_dir": relative_to(self.plan.results, self.root)},
                     cwd=self.root,
                 )
             except Exception as err:  # noqa: BLE001

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ssdstudy import provenance
 from ssdstudy.augment import build_transform
 from ssdstudy.boxes import match
 from ssdstudy.config import RunConfig
@@ -135,6 +137,7 @@ class Trainer:
         )
         self.criterion = MultiBoxLoss(neg_pos_ratio=config.loss.neg_pos_ratio)
         self.epoch = 0  # epochs finished
+        self.compute_code = provenance.compute_code()
 
     # -- checkpoints -------------------------------------------------------------------
     def state(self) -> dict:
@@ -146,6 +149,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "config": self.config.to_dict(),
             "run_id": self.config.run_id,
+            "compute_code": self.compute_code,
             "class_names": list(self.workspace.class_names),
             "backbone": self.config.model.backbone,
             "width": self.config.model.width,
@@ -166,6 +170,15 @@ class Trainer:
             raise UserError(
                 f"{self.paths.checkpoint}: checkpoint of run {state.get('run_id')}, not of {self.config.run_id}"
             )
+        if state.get("compute_code") != self.compute_code:
+            # never continue a run with other code than it started with: start it again
+            warnings.warn(
+                f"{self.paths.checkpoint}: made by other code (compute code {state.get('compute_code')}, "
+                f"now {self.compute_code}); the run starts again from epoch 1", stacklevel=2,
+            )
+            self.paths.checkpoint.unlink()
+            self.paths.history.unlink(missing_ok=True)
+            return False
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -483,3 +483,116 @@ def test_benchmark_script_runs(tmp_path: Path):
     out, out_boxes, out_labels = ref(img[:, :, ::-1].copy(), boxes, labels)
     assert out.shape == (3, 64, 64) and out.dtype == torch.float32
     assert len(out_boxes) == len(out_labels) and (len(out_boxes) == 0 or out_boxes.max() <= 1 + 1e-6)
+
+
+# ------------------------------------------------ the crop against the original's rule
+def _original_random_sample_crop(rng: np.random.RandomState, width: int, height: int, boxes: np.ndarray):
+    """The original code base's ``RandomSampleCrop``, written out plainly (numpy, its
+    loops, its sample options, its IoU test and its ``uniform(width - w)``), for the
+    geometry only: returns ``(rect, mask)`` or ``None`` when the image is kept."""
+    options = (None, (0.1, None), (0.3, None), (0.7, None), (0.9, None), (None, None))
+    while True:
+        mode = options[rng.randint(len(options))]
+        if mode is None:
+            return None
+        min_iou, max_iou = mode
+        min_iou = float("-inf") if min_iou is None else min_iou
+        max_iou = float("inf") if max_iou is None else max_iou
+        for _ in range(50):
+            w = rng.uniform(0.3 * width, width)
+            h = rng.uniform(0.3 * height, height)
+            if h / w < 0.5 or h / w > 2:
+                continue
+            left = rng.uniform(width - w)  # legacy numpy: low = width - w, high = 1.0, as written there
+            top = rng.uniform(height - h)
+            rect = np.array([int(left), int(top), int(left + w), int(top + h)])
+            lt = np.maximum(boxes[:, :2], rect[:2])
+            rb = np.minimum(boxes[:, 2:], rect[2:])
+            inter = np.clip(rb - lt, 0, None).prod(axis=1)
+            areas = (boxes[:, 2:] - boxes[:, :2]).prod(axis=1)
+            overlap = inter / (areas + (rect[2] - rect[0]) * (rect[3] - rect[1]) - inter)
+            if overlap.min() < min_iou and max_iou < overlap.max():
+                continue
+            centers = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+            mask = ((rect[0] < centers[:, 0]) & (rect[1] < centers[:, 1])
+                    & (rect[2] > centers[:, 0]) & (rect[3] > centers[:, 1]))
+            if not mask.any():
+                continue
+            return rect, mask
+
+
+def _crop_statistics(draws, width, height, boxes):
+    """Per draw: (kept whole, area fraction, aspect h/w, boxes kept, max IoU with a box)."""
+    rows = []
+    for d in draws:
+        if d is None:
+            rows.append((1.0, 1.0, height / width, len(boxes), 1.0))
+            continue
+        (x1, y1, x2, y2), mask = d
+        rect = torch.tensor([[x1, y1, x2, y2]], dtype=torch.float64)
+        iou = float(box_iou(rect, torch.as_tensor(boxes, dtype=torch.float64)).max())
+        rows.append((0.0, (x2 - x1) * (y2 - y1) / (width * height), (y2 - y1) / (x2 - x1), int(np.asarray(mask).sum()), iou))
+    return np.array(rows)
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic."""
+    grid = np.sort(np.concatenate([a, b]))
+    fa = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    fb = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(fa - fb).max())
+
+
+def test_original_crop_rule_draws_the_original_codes_distribution():
+    """sample_crop(rule="original") against an independent, plain implementation of the
+    original code: the same distributions of crop area, aspect, boxes kept and IoU (and of
+    keeping the whole image); the paper rule, which enforces the minimum IoU, differs."""
+    width, height, n = 500, 375, 3000
+    boxes = np.array([[40.0, 50.0, 160.0, 200.0], [300.0, 30.0, 360.0, 90.0], [200.0, 250.0, 480.0, 360.0]])
+    rng = np.random.RandomState(0)  # the original's `from numpy import random`
+    reference = _crop_statistics([_original_random_sample_crop(rng, width, height, boxes) for _ in range(n)],
+                                 width, height, boxes)
+    gen = torch.Generator().manual_seed(0)
+
+    def ours(rule):
+        def draw():
+            return torch.rand(1 + 4 * CROP_TRIALS, generator=gen, dtype=torch.float64)
+        return _crop_statistics([sample_crop(height, width, torch.as_tensor(boxes), draw(), rule, draw)
+                                 for _ in range(n)], width, height, boxes)
+
+    original, paper = ours("original"), ours("paper")
+    # two-sample KS at n = m = 3,000: 0.05 is the 0.1 % critical value
+    critical = 1.95 * (2 / n) ** 0.5
+    for column, name in enumerate(("kept whole", "area", "aspect", "boxes kept", "max IoU")):
+        assert _ks(original[:, column], reference[:, column]) < critical, name
+    assert abs(original[:, 0].mean() - 1 / 6) < 0.025  # the keep option, drawn once in six
+    assert max(_ks(paper[:, c], reference[:, c]) for c in range(5)) > 2 * critical
+
+
+def test_original_crop_rule_never_rejects_a_patch_for_its_iou():
+    """With every trial's patch containing a box centre, the first trial is taken whatever
+    its IoU (the original's test cannot reject); the paper rule skips low-IoU patches."""
+    boxes = torch.tensor([[90.0, 90.0, 110.0, 110.0]])  # a small box at the centre of 200x200
+    u = torch.full((1 + 4 * CROP_TRIALS,), 0.5, dtype=torch.float64)
+    u[0] = 0.99  # the last mode: no constraint (original) / any patch (paper)
+    window, keep = sample_crop(200, 200, boxes, u, "original")
+    assert bool(keep.all())
+    u[0] = 4.5 / 6  # original: min IoU 0.9, never enforced
+    window, keep = sample_crop(200, 200, boxes, u, "original")
+    iou = float(box_iou(torch.tensor([window], dtype=torch.float32), boxes).max())
+    assert iou < 0.9 and bool(keep.all())
+    u[0] = 5.5 / 7  # paper: min IoU 0.9 enforced, no trial reaches it: the image is kept
+    assert sample_crop(200, 200, boxes, u, "paper") is None
+
+
+def test_crop_rule_is_validated_and_changes_the_run_id():
+    from ssdstudy.config import build_config
+    from ssdstudy.errors import ConfigError
+
+    assert AugmentConfig().crop_rule == "original"
+    assert AugmentConfig.from_dict({"crop_rule": "paper"}).crop_rule == "paper"
+    with pytest.raises(ConfigError, match="crop_rule"):
+        AugmentConfig.from_dict({"crop_rule": "caffe"})
+    with pytest.raises(ConfigError, match="run.yaml.*augment.crop_rule"):
+        build_config(("run.yaml", {"augment": {"crop_rule": "caffe"}}))
+    assert build_config(("a", {})).run_id != build_config(("b", {"augment": {"crop_rule": "paper"}})).run_id

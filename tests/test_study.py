@@ -160,3 +160,59 @@ def test_killed_run_resumes(tiny_run_yaml, tmp_path):
     lines = history.read_text().splitlines()
     assert [int(line.split(",")[0]) for line in lines[1:]] == [1, 2, 3, 4, 5, 6]
     assert (run_dir / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_runs_pass_the_published_checks_and_tampering_is_caught(smoke_study, tmp_path):
+    """What the published-run tests check, on the smoke study's fresh runs: config hash,
+    metrics rescored from outcomes, commit in history, the code at hand, no machine paths;
+    each kind of tampering is reported."""
+    from ssdstudy.published import check_run
+    from ssdstudy.runs import RunPaths
+
+    run_id = next(iter(smoke_study.plan.runs))
+    original = smoke_study.plan.paths(run_id)
+    problems = check_run(original)
+    assert not [p for p in problems if "modified checkout" not in p], problems  # a dev checkout may be dirty
+
+    def copy(name: str) -> RunPaths:
+        dest = tmp_path / name / run_id
+        shutil.copytree(original.root, dest, ignore=shutil.ignore_patterns("checkpoint.pt"))
+        return RunPaths(dest)
+
+    renamed = RunPaths(tmp_path / "renamed" / "0123456789ab")
+    shutil.copytree(original.root, renamed.root)
+    assert any("hashes to" in p for p in check_run(renamed))
+
+    metrics = copy("metrics")
+    data = json.loads(metrics.metrics.read_text())
+    data["voc07_map"] += 0.01
+    metrics.metrics.write_text(json.dumps(data))
+    assert any("outcomes.npz gives" in p for p in check_run(metrics))
+
+    prov = copy("provenance")
+    data = json.loads(prov.provenance.read_text())
+    data["git"]["commit"] = "0" * 40
+    data["compute_code"] = "000000000000"
+    prov.provenance.write_text(json.dumps(data))
+    found = check_run(prov)
+    assert any("not in this repository's history" in p for p in found)
+    assert any(p.startswith("stale") for p in found)
+
+    leaky = copy("leaky")
+    leaky.history.write_text(leaky.history.read_text() + "# /home/someone/ssdstudy\n")
+    assert any("path of the machine" in p for p in check_run(leaky))
+
+
+@pytest.mark.slow
+def test_a_stale_run_is_listed_and_computed_again(smoke_study, monkeypatch):
+    """A finished run whose compute code differs from the code at hand is stale: the plan
+    lists it and the runner computes it again, from scratch."""
+    import ssdstudy.provenance
+
+    plan = make_plan("smoke", results=smoke_study.plan.results)
+    assert plan.stale() == [] and plan.missing() == []
+    monkeypatch.setattr(ssdstudy.provenance, "compute_code", lambda package=None: "ffffffffffff")
+    plan = make_plan("smoke", results=smoke_study.plan.results)
+    assert plan.stale() == list(plan.runs) and plan.missing() == list(plan.runs)
+    assert all(plan.status(r) == "stale" for r in plan.runs)

@@ -28,6 +28,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("all", parents=[common], help="data, runs, chapters and the book")
     a.set_defaults(func=run_all)
 
+    c = actions.add_parser("check", parents=[common], help="check the published runs",
+                           description="Check every finished run of the profile: its config hashes to "
+                           "its id, its metrics equal its outcomes scored again, its commit is in this "
+                           "repository, it was computed by the code at hand, and its files name no path "
+                           "of the machine that made them. Lists the plan's runs still to compute.")
+    c.set_defaults(func=check)
+
+
+def check(args: argparse.Namespace) -> int:
+    from ssdstudy.published import check_published
+    from ssdstudy.study import make_plan
+
+    problems = check_published(args.profile)
+    for run_id, found in problems.items():
+        print(f"{run_id}: {'ok' if not found else '; '.join(found)}")
+    plan = make_plan(args.profile)
+    missing = plan.missing()
+    print(f"{sum(not p for p in problems.values())} of {len(plan.runs)} runs of the {args.profile} plan "
+          f"published and sound; {len(missing)} still to compute")
+    return 1 if any(problems.values()) else 0
+
 
 def run(args: argparse.Namespace) -> int:
     from ssdstudy.study import Study, describe, make_plan
