@@ -25,6 +25,7 @@ import pandas as pd
 from ssdstudy.config import build_config
 from ssdstudy.pipeline import execute_run
 from ssdstudy.runs import RESULTS
+from ssdstudy.train import flush_denormals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
 
+    flush_denormals()  # a training process: before torch starts its threads
     config = build_config(("benchmarks/training.py", {
         "data": {"root": args.data, "synth": {"train": 2000 + args.val_images, "test": 500, "seed": 0},
                  "val_images": args.val_images},

@@ -63,8 +63,9 @@ class DataConfig:
     #: evaluation); "drop" removes them, so a detection of one is a false positive.
     test_difficult: Literal["ignore", "drop"] = "ignore"
     on_error: Literal["raise", "skip"] = "raise"
-    #: Write the generated dataset at ``root`` if it is missing (null: never).
-    synth: SynthConfig | None = field(default_factory=SynthConfig)
+    #: Write the generated dataset at ``root`` if it is missing; null (the default): never,
+    #: a missing ``root`` is an error (a VOCdevkit path is never filled with shapes).
+    synth: SynthConfig | None = None
     #: Use only the first N training / test images (null: all of them).
     max_train_images: int | None = None
     max_test_images: int | None = None
@@ -360,8 +361,12 @@ class StudySettings:
     experiments: list[str] = field(default_factory=list)
     #: Per-experiment layers applied over each of its runs (e.g. mining's epochs).
     overrides: dict[str, Any] = field(default_factory=dict)
-    #: Per-backbone layers applied last (e.g. a smaller dataset for VGG16 on a CPU).
+    #: Per-backbone layers applied after the profile's own (e.g. ImageNet weights).
     backbones: dict[str, Any] = field(default_factory=dict)
+    #: Backbones trained in place of the study backbone an experiment names, applied
+    #: after every layer (``vgg16: vgg16_bn``: VGG16 with BatchNorm where VGG16 trains
+    #: from scratch). The chapters name the variant.
+    variants: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -382,7 +387,11 @@ class Profile:
         stack = [self.layer]
         if backbone in self.study.backbones:
             stack.append((f"{self.layer[0]} study.backbones.{backbone}", self.study.backbones[backbone]))
-        return build_config(*stack, *layers)
+        stack.extend(layers)
+        if backbone in self.study.variants:
+            stack.append((f"{self.layer[0]} study.variants.{backbone}",
+                          {"model": {"backbone": self.study.variants[backbone]}}))
+        return build_config(*stack)
 
 
 def profile_path(name: str) -> Path:

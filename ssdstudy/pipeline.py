@@ -27,7 +27,7 @@ from ssdstudy.evaluate import evaluate
 from ssdstudy.model import build_model
 from ssdstudy.predict import postprocess
 from ssdstudy.runs import RunPaths, read_config
-from ssdstudy.timing import time_model
+from ssdstudy.timing import time_run
 from ssdstudy.train import Trainer
 from ssdstudy.workspace import Workspace, available_devices
 
@@ -148,17 +148,7 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
 
     if not paths.timing.is_file():
         images, sizes = timing_images(model, workspace.test_records, config)
-        timing = {}
-        for dev in (d for d in config.timing.devices if d in available_devices()):
-            thread_counts = (config.timing.cpu_threads or [None]) if dev == "cpu" else [None]
-            for n in thread_counts:
-                key = dev if n is None else f"{dev}-{n}t"
-                timing[key] = time_model(
-                    model, images, sizes, dev, cpu_threads=n,
-                    warmup=config.timing.warmup, throughput_batch=config.timing.throughput_batch,
-                    score_threshold=config.eval.score_threshold, nms_iou=config.eval.nms_iou,
-                    top_k=config.eval.top_k,
-                )
+        timing = time_run(model, images, sizes, config, available_devices())
         model.to(device)
         provenance.write_json(paths.timing, timing)
     timing = json.loads(paths.timing.read_text())

@@ -52,6 +52,7 @@ __all__ = [
     "nms_table",
     "prior_layout",
     "prior_table",
+    "seed_spread_figure",
     "short_label",
     "size_bins",
     "timing_table",
@@ -1000,3 +1001,37 @@ def timing_table(timing: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
         row["peak memory MB"] = t.get("peak_memory_mb", np.nan)
         rows.append(row)
     return pd.DataFrame(rows).set_index("device") if rows else pd.DataFrame()
+
+
+# --- seeds: the spread between training runs -----------------------------------------
+def seed_spread_figure(df: pd.DataFrame) -> Figure:
+    """Each setting's runs (one dot per seed, with its 95 % bootstrap interval over the
+    test images as a bar) on one row: the spread between seeds beside the test set's noise.
+
+    Args:
+        df: rows of :func:`ssdstudy.results.load_runs` (``label``, ``seed``,
+            ``voc07_map``, ``voc07_map_low``, ``voc07_map_high``, ``backbone``).
+    """
+    with _style():
+        data = df.dropna(subset=["voc07_map"]) if len(df) else df
+        n = 1 if data.empty else data["label"].nunique()
+        fig, axes = _figure(1, 1, figsize=(7.0, 0.5 + 0.45 * n))
+        ax = axes[0, 0]
+        if data.empty:
+            _empty(ax, "no finished runs to plot")
+            return fig
+        labels = list(dict.fromkeys(data["label"]))
+        for y, label in enumerate(labels):
+            group = data[data["label"] == label].sort_values("seed")
+            color = backbone_color(group["backbone"].iloc[0])
+            offsets = np.linspace(-0.15, 0.15, len(group)) if len(group) > 1 else np.zeros(1)
+            for dy, (_, row) in zip(offsets, group.iterrows()):
+                ax.errorbar([row["voc07_map"]], [y + dy],
+                            xerr=[[row["voc07_map"] - row["voc07_map_low"]], [row["voc07_map_high"] - row["voc07_map"]]],
+                            fmt="o", color=color, ms=5, elinewidth=1, capsize=2)
+                ax.annotate(f"seed {int(row['seed'])}", (row["voc07_map"], y + dy), xytext=(4, 3),
+                            textcoords="offset points", fontsize=7, color="0.35")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.invert_yaxis()
+        ax.set_xlabel(MAP_LABEL + " (bars: 95 % bootstrap interval over the test images)")
+    return fig

@@ -75,6 +75,7 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
         "mining": mining_label(config["loss"]["neg_pos_ratio"]),
         "neg_pos_ratio": config["loss"]["neg_pos_ratio"],
         "image_size": config["model"]["image_size"],
+        "seed": int(config["train"].get("seed", 0)),
         "epochs": int(history["epoch"].max()) if len(history) else 0,
         "train_images": _nan(config["data"].get("max_train_images")),
         "voc07_map": _nan(metrics.get("voc07_map")),
@@ -180,4 +181,33 @@ def load_hardware(profile: str | None = None, run_ids: Iterable[str] | None = No
                 "images_per_s_train": float(history["images_per_s"].median()) if on_training_device else np.nan,
                 "source": f"{profile}/{paths.root.name}",
             })
+    return pd.DataFrame(rows)
+
+
+#: What makes runs the same setting apart from their seed.
+SETTING_COLUMNS = ("backbone", "variant", "width", "augment", "mining", "image_size", "epochs")
+
+
+def seed_spread(df: pd.DataFrame, metric: str = "voc07_map") -> pd.DataFrame:
+    """One row per setting (runs equal but for their seed): the number of seeds, the mean,
+    the sample standard deviation and the range of ``metric`` over them, and the mean of
+    the runs' own 95 % bootstrap half-widths (the test set's noise, for comparison)."""
+    if df.empty:
+        return pd.DataFrame()
+    keys = [c for c in SETTING_COLUMNS if c in df.columns]
+    data = df.assign(_half=(df["voc07_map_high"] - df["voc07_map_low"]) / 2) if metric == "voc07_map" else df
+    rows = []
+    for key, group in data.groupby(keys, sort=False, dropna=False):
+        values = group[metric].astype(float)
+        rows.append({
+            **dict(zip(keys, key if isinstance(key, tuple) else (key,))),
+            "label": group["label"].iloc[0],
+            "seeds": int(values.notna().sum()),
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if values.notna().sum() > 1 else float("nan"),
+            "min": float(values.min()),
+            "max": float(values.max()),
+            "range": float(values.max() - values.min()),
+            "bootstrap_half_width": float(group["_half"].mean()) if "_half" in group else float("nan"),
+        })
     return pd.DataFrame(rows)

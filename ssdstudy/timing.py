@@ -160,3 +160,25 @@ def time_model(
         result["rss_growth_mb"] = max(0.0, rss_after - rss_before)
         result["memory_kind"] = "process_rss"
     return result
+
+
+def time_run(model: torch.nn.Module, images: list, sizes: list, config: Any, devices: Sequence[str]) -> dict[str, Any]:
+    """A run's ``timing.json``: :func:`time_model` on each of ``config.timing.devices``
+    that is among ``devices`` (CPU entries per ``config.timing.cpu_threads``), with the
+    run's post-processing settings. Keys: ``"cpu"``, ``"cpu-2t"``, ``"cuda"``...
+
+    It lives here, not in the run pipeline, so that what timing measures can grow
+    without changing the code that computes a run's model and scores.
+    """
+    timing = {}
+    for dev in (d for d in config.timing.devices if d in devices):
+        thread_counts = (config.timing.cpu_threads or [None]) if dev == "cpu" else [None]
+        for n in thread_counts:
+            key = dev if n is None else f"{dev}-{n}t"
+            timing[key] = time_model(
+                model, images, sizes, dev, cpu_threads=n,
+                warmup=config.timing.warmup, throughput_batch=config.timing.throughput_batch,
+                score_threshold=config.eval.score_threshold, nms_iou=config.eval.nms_iou,
+                top_k=config.eval.top_k,
+            )
+    return timing

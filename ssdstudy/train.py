@@ -38,14 +38,23 @@ from ssdstudy.model import build_model, load_weights
 from ssdstudy.runs import RunPaths, write_config
 from ssdstudy.workspace import Workspace, resolve_device
 
-# Flush denormal floats to zero (FTZ/DAZ) in training processes. AdamW's second-moment
-# estimates of rarely updated weights decay into denormals (15 % of them by epoch 20 of
-# the training benchmark), and every arithmetic operation on a denormal is far slower:
-# an AdamW step over 8 M denormal states took 156 ms against 28 ms with flushing. The
-# setting is per thread and OpenMP's worker threads copy it when they are created, so it
-# is set here, when the training code is imported, before torch's thread pool exists
-# (set later it changed nothing: 157 ms). Values below 1.2e-38 become zero.
-torch.set_flush_denormal(True)
+
+def flush_denormals() -> bool:
+    """Flush denormal floats to zero (FTZ/DAZ) in this process; call it at the start of a
+    training process, before torch has started its threads. Returns whether the CPU
+    supports it.
+
+    AdamW's second-moment estimates of rarely updated weights decay into denormals (15 %
+    of them by epoch 20 of the training benchmark), and arithmetic on a denormal is far
+    slower: an AdamW step over 8 M denormal states took 156 ms against 28 ms with
+    flushing (2 cores). The setting is per thread and OpenMP's worker threads copy it
+    when they are created: set after torch's first parallel operation it changed
+    nothing (157 ms). Values below 1.2e-38 become zero. ``ssdstudy train``, the run
+    notebook and the training benchmark call it first thing; a library import does not,
+    because it changes the process's arithmetic (hypothesis, for one, refuses to draw
+    floats under it).
+    """
+    return bool(torch.set_flush_denormal(True))
 
 HISTORY_FIELDS = (
     "epoch", "loss", "loc_loss", "cls_loss", "lr", "epoch_seconds", "images_per_s", "val_voc07_map",

@@ -1,9 +1,8 @@
 """The dataset and device a run works with, resolved from its configuration.
 
-Relative data paths are taken from the project's root (where ``parameters/`` is), so a
-run finds its data whatever the working directory (papermill runs notebooks from
-``book/``). The generated default dataset is written on first use when the
-configuration asks for it (``data.synth``) and ``data.root`` does not exist.
+Relative data paths resolve as :func:`ssdstudy.paths.resolve_path` says. The generated
+default dataset is written on first use when the configuration asks for it
+(``data.synth``) and ``data.root`` does not exist.
 """
 
 from __future__ import annotations
@@ -17,12 +16,7 @@ import torch
 from ssdstudy.config import RunConfig
 from ssdstudy.errors import UserError
 
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-def resolve_path(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else PROJECT / path
+from ssdstudy.paths import PROJECT, resolve_path  # noqa: F401 - PROJECT re-exported
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -71,7 +65,11 @@ class Workspace:
         generated = not self.root.exists() or (self.root / YEAR_DIR).is_dir()
         if synth is None or not generated:
             if not self.root.exists():
-                raise UserError(f"data.root: {self.root} does not exist (see data/README.md for placing VOCdevkit)")
+                raise UserError(
+                    f"data.root: {self.root} does not exist; it should hold VOC2007/ (and VOC2012/) with "
+                    "Annotations/, ImageSets/Main/ and JPEGImages/ (see data/README.md), or set data.synth "
+                    "to generate the synthetic dataset there"
+                )
             return
 
         generate(self.root, train=synth.train, test=synth.test, seed=synth.seed, progress=self.progress)

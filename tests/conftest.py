@@ -28,3 +28,13 @@ def tiny_run_yaml(tiny_synth, tmp_path) -> Path:
         "timing: {images: 3, warmup: 1, throughput_batch: 2, devices: [cpu]}\n"
     )
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_flushed_denormals():
+    """A test that trains in-process may call flush_denormals(); the next test gets the
+    process's normal arithmetic back (hypothesis refuses to draw floats under FTZ)."""
+    import torch
+
+    yield
+    torch.set_flush_denormal(False)

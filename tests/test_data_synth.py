@@ -16,6 +16,7 @@ from ssdstudy.data.synth import (
     YEAR_DIR,
     generate,
     image_id,
+    is_up_to_date,
     make_image,
 )
 from ssdstudy.errors import DataError
@@ -132,3 +133,43 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     with pytest.raises(DataError, match="not written by"):
         generate(tmp_path, train=1, test=0, workers=1, progress=False)
     assert (tmp_path / YEAR_DIR / "precious.txt").exists()
+
+
+def test_a_generation_killed_midway_is_replaced_by_the_next(tmp_path, monkeypatch):
+    """A `data synth` killed after some images leaves a folder marked as ours and
+    incomplete: the next call regenerates it instead of refusing the folder."""
+    import ssdstudy.data.synth as synth
+
+    real = synth._write_one
+    written = []
+
+    def dies_after_three(task):
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        written.append(task)
+        return real(task)
+
+    monkeypatch.setattr(synth, "_write_one", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path, train=6, test=2, seed=0, workers=1, progress=False)
+    folder = tmp_path / "SYNTH"
+    assert not is_up_to_date(tmp_path, train=6, test=2, seed=0)
+    assert json.loads((folder / "synth.json").read_text())["complete"] is False
+    monkeypatch.setattr(synth, "_write_one", real)
+    generate(tmp_path, train=6, test=2, seed=0, workers=1, progress=False)
+    assert is_up_to_date(tmp_path, train=6, test=2, seed=0)
+    assert len(load_split(tmp_path, "trainval")) == 6
+
+
+def test_a_missing_voc_root_is_an_error_and_nothing_is_written(tmp_path):
+    """Generated shapes are written only where a configuration asks for them (data.synth);
+    a missing VOCdevkit is an error naming the path and what belongs in it."""
+    from ssdstudy.config import build_config
+    from ssdstudy.errors import UserError
+    from ssdstudy.workspace import Workspace
+
+    root = tmp_path / "VOCdevkit"
+    config = build_config(("run.yaml", {"data": {"root": str(root)}}))
+    with pytest.raises(UserError, match=r"VOCdevkit does not exist.*Annotations/, ImageSets/Main/ and JPEGImages/"):
+        Workspace(config, progress=False)
+    assert not root.exists()

@@ -246,7 +246,7 @@ def test_vgg16_bn_is_vgg16_with_batchnorm_after_every_convolution(vgg):
     assert locs.shape == (1, 8732, 4) and logits.shape == (1, 8732, 21)
     # He initialisation of the backbone's convolutions: std sqrt(2 / fan_out)
     w = bn.backbone.features[0].weight
-    assert abs(float(w.std()) - (2 / (64 * 9)) ** 0.5) < 0.2 * (2 / (64 * 9)) ** 0.5
+    assert abs(float(w.detach().std()) - (2 / (64 * 9)) ** 0.5) < 0.2 * (2 / (64 * 9)) ** 0.5
 
 
 @pytest.mark.parametrize(("size", "kernel", "stride", "padding", "dilation", "expected"), [

@@ -160,3 +160,32 @@ def test_difficult_objects_left_out_of_training_and_flagged_for_the_test(rule, t
     assert not any(r.difficult.any() for r in ws.train_records)
     flagged = sum(int(r.difficult.sum()) for r in ws.test_records)
     assert (flagged > 0) if rule == "ignore" else (flagged == 0)
+
+
+def test_flush_denormals_is_a_call_of_training_processes_not_an_import_side_effect():
+    """Importing the training code leaves the process's arithmetic alone; flush_denormals()
+    makes denormals zero in the calling thread and in torch's threads started after it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "import ssdstudy.train as t\n"
+        "x = torch.full((4,), 1e-39)\n"
+        "print(bool((x * 1.0 > 0).all()))\n"
+        "t.flush_denormals()\n"
+        "print(bool((x * 1.0 == 0).all()))\n"
+    )
+    # two separate processes: whether torch's threads exist already matters
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True"]
+    first = (
+        "import torch\n"
+        "import ssdstudy.train as t\n"
+        "t.flush_denormals()\n"
+        "torch.set_num_threads(2)\n"
+        "x = torch.full((1 << 22,), 1e-39)\n"
+        "print(bool((x * 1.0 == 0).all()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True"]

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ssdstudy.train import flush_denormals
+
+    flush_denormals()  # before anything starts torch's threads
     from ssdstudy.config import load_run_config
     from ssdstudy.pipeline import execute_run
     from ssdstudy.runs import RESULTS, RunPaths

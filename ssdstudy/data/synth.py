@@ -718,7 +718,7 @@ def _is_complete(folder: Path, params: dict) -> bool:
         stored = json.loads((folder / "synth.json").read_text())
     except (OSError, ValueError):
         return False
-    if stored.get("params") != params:
+    if stored.get("params") != params or not stored.get("complete", True):
         return False
     return (
         sum(1 for _ in (folder / "JPEGImages").glob("*.jpg"))
@@ -769,6 +769,9 @@ def generate(
         shutil.rmtree(folder)
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
+    # claimed first: a generation killed midway leaves a folder marked as ours and
+    # incomplete, which the next call replaces
+    (folder / "synth.json").write_text(json.dumps({"params": params, "complete": False}, indent=2) + "\n")
     (folder / "classes.txt").write_text("".join(f"{name}\n" for name in SYNTH_CLASSES))
     splits = [("trainval", train), ("test", test)]
     for split, count in splits:
@@ -788,8 +791,10 @@ def generate(
         for n in _run(tasks, workers):
             objects += n
             bar.update()
-    info = {"params": params, "classes": list(SYNTH_CLASSES), "objects": objects}
-    (folder / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
+    info = {"params": params, "complete": True, "classes": list(SYNTH_CLASSES), "objects": objects}
+    tmp = folder / "synth.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, folder / "synth.json")
     return folder
 
 
