@@ -80,4 +80,44 @@ def check_published(profile: str, results: Path | None = None) -> dict[str, list
     return {p.root.name: check_run(p, code) for p in run_paths(profile, results) if p.complete()}
 
 
-__all__ = ["MACHINE_PATH", "PUBLISHED", "check_published", "check_run", "in_history"]
+__all__ = ["MACHINE_PATH", "PUBLISHED", "check_published", "check_run", "in_history", "recomputed_root",
+           "reproduction_table"]
+
+
+def recomputed_root(profile: str, results: Path | None = None) -> Path:
+    """Where recomputed twins of a profile's published runs are kept:
+    ``results/<profile>-recomputed/runs/<run id>/`` (not published)."""
+    from ssdstudy.runs import RESULTS
+
+    return (results or RESULTS) / f"{profile}-recomputed" / "runs"
+
+
+def reproduction_table(profile: str, results: Path | None = None):
+    """Published runs beside their recomputed twins: one row per twin found, with both
+    VOC07 mAPs and intervals, their difference and the machines that made them."""
+    import pandas as pd
+    import yaml
+
+    from ssdstudy.results import run_label
+    from ssdstudy.runs import RESULTS
+
+    published = (results or RESULTS) / profile / "runs"
+    rows = []
+    twins = recomputed_root(profile, results)
+    for twin in sorted(twins.iterdir()) if twins.is_dir() else []:
+        a, b = RunPaths(published / twin.name), RunPaths(twin)
+        if not (a.complete() and b.metrics.is_file() and b.provenance.is_file()):
+            continue
+        config = yaml.safe_load(a.config.read_text())
+        ma, mb = json.loads(a.metrics.read_text()), json.loads(b.metrics.read_text())
+        pa, pb = json.loads(a.provenance.read_text()), json.loads(b.provenance.read_text())
+        rows.append({
+            "run_id": twin.name, "label": run_label(config),
+            "published": ma["voc07_map"], "published_interval": ma.get("voc07_map_interval"),
+            "recomputed": mb["voc07_map"], "recomputed_interval": mb.get("voc07_map_interval"),
+            "difference": mb["voc07_map"] - ma["voc07_map"],
+            "published_on": f"{pa.get('device_name')} ({pa.get('threads')} threads)",
+            "recomputed_on": f"{pb.get('device_name')} ({pb.get('threads')} threads)",
+            "same_code": pa.get("compute_code") == pb.get("compute_code"),
+        })
+    return pd.DataFrame(rows)

@@ -85,11 +85,15 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
         "coco_ap": _nan((metrics.get("coco") or {}).get("AP")),
         "coco_ap50": _nan((metrics.get("coco") or {}).get("AP50")),
         "inference_ms": _nan(cpu.get("inference_ms", {}).get("median")),
+        "inference_ms_iqr": _nan(cpu.get("inference_ms", {}).get("iqr")),
         "prediction_ms": _nan(cpu.get("prediction_ms", {}).get("median")),
+        "prediction_ms_iqr": _nan(cpu.get("prediction_ms", {}).get("iqr")),
         "reference_prediction_ms": _nan(cpu.get("reference_prediction_ms", {}).get("median")),
         "forward_ms": _nan(cpu.get("stages_ms", {}).get("forward")),
         "postprocess_ms": _nan(cpu.get("stages_ms", {}).get("postprocess")),
         "epoch_seconds": float(history["epoch_seconds"].median()) if len(history) else float("nan"),
+        "epoch_seconds_iqr": (float(history["epoch_seconds"].quantile(0.75) - history["epoch_seconds"].quantile(0.25))
+                              if len(history) > 1 else float("nan")),
         "images_per_s": float(history["images_per_s"].median()) if len(history) else float("nan"),
         "peak_memory_mb": _nan(cpu.get("peak_memory_mb")),
         "device_name": cpu.get("device_name", ""),
@@ -141,10 +145,14 @@ def hardware_rows(data: dict[str, Any], source: str) -> list[dict[str, Any]]:
             "width": entry.get("width", 1.0),
             "image_size": entry.get("image_size"),
             "inference_ms": _nan(t.get("inference_ms", {}).get("median")),
+            "inference_ms_iqr": _nan(t.get("inference_ms", {}).get("iqr")),
             "prediction_ms": _nan(t.get("prediction_ms", {}).get("median")),
+            "prediction_ms_iqr": _nan(t.get("prediction_ms", {}).get("iqr")),
             "reference_prediction_ms": _nan((t.get("reference_prediction_ms") or {}).get("median")),
             "epoch_seconds": _nan(entry.get("epoch_seconds")),
             "images_per_s_train": _nan(entry.get("train_images_per_s")),
+            "weights": entry.get("weights", "not recorded"),
+            "profile": data.get("profile"),
             "source": source,
         })
     return rows
@@ -152,14 +160,21 @@ def hardware_rows(data: dict[str, Any], source: str) -> list[dict[str, Any]]:
 
 def load_hardware(profile: str | None = None, run_ids: Iterable[str] | None = None,
                   results: Path | None = None) -> pd.DataFrame:
-    """Every hardware measurement: ``results/hardware/*.json``, plus, for ``profile``,
-    the timings of its own runs (``run_ids`` only, when given) on the machine that ran
+    """Every hardware measurement: ``results/hardware/*.json`` (for ``profile``, only the
+    entries measured at its input size), plus, for ``profile``, the timings of its own runs (``run_ids`` only, when given) on the machine that ran
     the study. A run's time per epoch is given on the device it was trained on only."""
     base = results or RESULTS
     rows: list[dict[str, Any]] = []
     hw = base / "hardware"
+    size = None
+    if profile is not None:
+        from ssdstudy.config import load_profile
+
+        size = load_profile(profile).model.image_size
     for path in sorted(hw.glob("*.json")) if hw.is_dir() else []:
-        rows.extend(hardware_rows(_read_json(path), path.name))
+        # only files measured at the profile's input size are comparable with its runs
+        rows.extend(r for r in hardware_rows(_read_json(path), path.name)
+                    if size is None or r.get("image_size") == size)
     wanted = None if run_ids is None else set(run_ids)
     for paths in run_paths(profile, results) if profile is not None else []:
         if not paths.complete() or (wanted is not None and paths.root.name not in wanted):
@@ -175,10 +190,14 @@ def load_hardware(profile: str | None = None, run_ids: Iterable[str] | None = No
                 "variant": config["model"]["backbone"],
                 "width": config["model"]["width"], "image_size": config["model"]["image_size"],
                 "inference_ms": _nan(t["inference_ms"]["median"]),
+                "inference_ms_iqr": _nan(t["inference_ms"].get("iqr")),
                 "prediction_ms": _nan(t["prediction_ms"]["median"]),
+                "prediction_ms_iqr": _nan(t["prediction_ms"].get("iqr")),
                 "reference_prediction_ms": _nan((t.get("reference_prediction_ms") or {}).get("median")),
                 "epoch_seconds": float(history["epoch_seconds"].median()) if on_training_device else np.nan,
                 "images_per_s_train": float(history["images_per_s"].median()) if on_training_device else np.nan,
+                "weights": "trained (the run's own)",
+                "profile": profile,
                 "source": f"{profile}/{paths.root.name}",
             })
     return pd.DataFrame(rows)

@@ -40,7 +40,7 @@ from ssdstudy.runs import RESULTS, RunPaths, write_config
 from ssdstudy.workspace import PROJECT
 
 #: Chapters executed after the experiments' own, in this order.
-EXTRA_CHAPTERS = ("default_boxes", "conclusions")
+EXTRA_CHAPTERS = ("default_boxes", "conclusions", "reproduce")
 #: Per-image training cost on a 2-core CPU at 300x300 (images/s), for --dry-run's estimate
 #: when no finished run of the backbone is there to measure it.
 TRAIN_SPEED_300 = {"vgg16": 1.9, "mobilenet_v1": 21.0}
@@ -168,6 +168,20 @@ def experiment_frame(profile: str, experiment: str, results: Path | None = None)
     return load_runs(profile, ids, results=results)
 
 
+def profile_verdicts(profile: str, results: Path | None = None) -> list:
+    """The eight claims' verdicts from a profile's results at hand (what the conclusions
+    chapter and ``ssdstudy study claims`` show)."""
+    from ssdstudy import claims
+    from ssdstudy.results import load_hardware
+
+    names = read_profile(profile).study.experiments
+    frames = {name: experiment_frame(profile, name, results=results) for name in names}
+    hardware_runs = frames.get("hardware", pd.DataFrame())
+    run_ids = list(hardware_runs["run_id"]) if len(hardware_runs) else []
+    hw = claims.select_hardware(load_hardware(profile, results=results), profile, run_ids)
+    return claims.assess_all(frames, hw)
+
+
 def estimate_seconds(plan: Plan) -> float:
     """A rough training-time estimate of the missing runs (from finished runs' speed)."""
     done = load_runs(plan.profile.name, results=plan.results)
@@ -274,6 +288,8 @@ class Study:
         self.progress = progress
         self.templates = self.root / "book" / "templates"
         self.failures: list[Failure] = []
+        #: Runs of the plan left uncomputed (``train=False``).
+        self.skipped: list[str] = []
 
     @property
     def profile(self) -> str:
@@ -290,10 +306,21 @@ class Study:
         for cfg in roots.values():
             Workspace(cfg, progress=self.progress)
 
-    def run_runs(self) -> list[str]:
+    def finish_notebooks(self) -> list[str]:
+        """Execute the notebook of every run that is finished but has none (trains nothing:
+        each step of a finished run is found)."""
+        from ssdstudy.provenance import compute_code
+
+        code = compute_code()
+        finish = [r for r in self.plan.runs if self.plan.status(r, code) == "to finish"]
+        if finish:
+            self.prepare_data()
+        return self.run_runs(finish)
+
+    def run_runs(self, run_ids: list[str] | None = None) -> list[str]:
         """Execute every missing run; returns the ids of the runs that finished now."""
         done = []
-        missing = self.plan.missing()
+        missing = self.plan.missing() if run_ids is None else list(run_ids)
         stale = set(self.plan.stale())
         bar = tqdm(missing, disable=not self.progress, desc="runs", unit="run")
         for run_id in bar:
@@ -363,8 +390,12 @@ class Study:
         return self.root / "_build" / "html" / "index.html"
 
     def report(self) -> str:
+        skipped = ""
+        if self.skipped:
+            skipped = (f"{len(self.skipped)} runs of the plan are not computed (the chapters leave them out; "
+                       f"`make study` computes them): {', '.join(self.skipped)}\n")
         if not self.failures:
-            return "all runs and chapters finished"
+            return skipped + ("all runs and chapters finished" if not self.skipped else "all chapters finished")
         lines = [f"{len(self.failures)} failed (the results made so far are kept; rerun to resume):"]
         lines += [f"  {f.what}: {f.error}\n    notebook: {f.notebook}" for f in self.failures]
         return "\n".join(lines)
@@ -393,13 +424,19 @@ def _short(err: BaseException) -> str:
     return text[-1] if text else type(err).__name__
 
 
-def run_study(profile: str, *, only: list[str] | None = None, book: bool = True,
+def run_study(profile: str, *, only: list[str] | None = None, book: bool = True, train: bool = True,
               root: Path = PROJECT, results: Path | None = None, progress: bool = True) -> Study:
-    """Data, runs, chapters and (optionally) the book, for one profile."""
+    """Data, runs, chapters and (optionally) the book, for one profile. With ``train``
+    false nothing is trained: the chapters are made from the runs found (the published
+    study), and the runs still to compute are listed in ``study.skipped``."""
     study = Study(profile, root=root, results=results, only=only, progress=progress)
     start = time.time()
-    study.prepare_data()
-    study.run_runs()
+    if train:
+        study.prepare_data()
+        study.run_runs()
+    else:
+        study.skipped = [r for r in study.plan.missing() if study.plan.status(r) != "to finish"]
+        study.finish_notebooks()
     study.run_chapters()
     if book and not study.failures:
         study.build_book()

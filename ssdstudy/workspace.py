@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from functools import cached_property
-from pathlib import Path
 
 import torch
 

@@ -30,15 +30,15 @@ def frame(*rows):
 
 def test_claim_1_supported_refuted_and_untestable():
     v = claims.claim_backbone(frame(row("vgg16", mAP=0.7, ms=100), row("mobilenet_v1", mAP=0.6, ms=20)))
-    assert v.status == "supported" and v.summary() == "2 of 2 checks hold"
+    assert v.status == "supported" and v.summary() == "2 hold"
     v = claims.claim_backbone(frame(row("vgg16", mAP=0.5, ms=100), row("mobilenet_v1", mAP=0.6, ms=20)))
-    assert v.status == "partly supported"
+    assert v.status == "mixed" and v.summary() == "1 holds, 1 fails"
     assert [c.holds for c in v.checks] == [False, True]
     v = claims.claim_backbone(frame(row("vgg16", mAP=0.5, ms=10), row("mobilenet_v1", mAP=0.6, ms=20)))
     assert v.status == "refuted"
     # only the no-augmentation runs: the baselines are missing
     v = claims.claim_backbone(frame(row("vgg16", augment="none"), row("mobilenet_v1", augment="none")))
-    assert v.status == "cannot test" and v.summary() == "no check could be made"
+    assert v.status == "cannot test" and v.summary() == "2 cannot be tested"
     assert claims.claim_backbone(pd.DataFrame()).status == "cannot test"
 
 
@@ -57,7 +57,7 @@ def test_claim_2_small_object_gain_and_epoch_time():
     assert holds["for MobileNetV1 the gain is largest on small objects (under 10 % of the image)"] is False
     assert holds["an epoch of VGG16 takes less time without augmentation"] is True
     assert holds["an epoch of MobileNetV1 takes less time without augmentation"] is False
-    assert v.status == "partly supported"
+    assert v.status == "mixed"
 
 
 def test_claim_2_bins_without_images_are_not_compared():
@@ -73,7 +73,7 @@ def test_claim_3_relative_loss_against_relative_saving():
     v = claims.claim_width(df)
     assert [c.holds for c in v.checks] == [False, True]  # x0.25: -8 % mAP, -67 % time; x0.5: -50 %, -17 %
     assert "x0.25" in v.checks[0].statement and "-67%" in v.checks[0].detail
-    assert v.status == "partly supported"
+    assert v.status == "mixed"
     assert claims.claim_width(frame(row("mobilenet_v1", width=0.5))).checks[0].holds is None
 
 
@@ -90,8 +90,11 @@ def test_claim_4_per_device():
     assert v.status == "supported" and len(v.checks) == 2
     assert v.checks[0].statement.startswith("on Xeon (2 threads)")
     cpu_only = claims.claim_gpu_cpu(hw.iloc[:2])
-    assert cpu_only.status == "supported" and cpu_only.checks[-1].holds is None
-    assert "untestable" in cpu_only.summary()
+    # the CPU half holds; the GPU half is named as untested, never counted for the claim
+    assert cpu_only.status == "supported" and cpu_only.checks[-1].outcome == "cannot test"
+    assert cpu_only.summary() == "1 holds, 1 cannot be tested"
+    assert cpu_only.scope == "not tested: on a GPU, VGG16-SSD's inference is faster"
+    assert "supported**; not tested: on a GPU" in cpu_only.markdown()
 
 
 def test_claim_5_reference_share():
@@ -113,7 +116,7 @@ def test_claim_6_mining():
     assert v.status == "supported" and len(v.checks) == 6
     df.loc[3, "prediction_ms"] = 10
     v = claims.claim_mining(df)
-    assert v.status == "partly supported"
+    assert v.status == "mixed"
     assert not next(c for c in v.checks if "MobileNetV1's prediction" in c.statement).holds
 
 
@@ -130,7 +133,7 @@ def test_claim_7_sizes():
     assert holds[:4] == [True, True, True, False]
     assert holds[4] is True  # VGG16 leads by 0.2 in 0-5 and 5-10
     assert holds[5] is True  # 0.5 against 0.4 on 40-80 %
-    assert v.status == "partly supported"
+    assert v.status == "mixed"
 
 
 def test_claim_8_needs_the_named_gpus():
@@ -153,7 +156,7 @@ def test_assess_all_and_table_on_no_results():
     table = claims.verdict_table(verdicts)
     assert list(table.index) == list(range(1, 9)) and set(table["verdict"]) == {"cannot test"}
     md = verdicts[0].markdown()
-    assert md.startswith("**Claim 1.**") and "*cannot be tested*" in md
+    assert md.startswith("**Claim 1.**") and "*cannot test*" in md
 
 
 def test_select_hardware_keeps_other_machines_and_own_runs():
@@ -161,3 +164,97 @@ def test_select_hardware_keeps_other_machines_and_own_runs():
                hw_row("cpu", "B", "vgg16", 1, source="default/r2"))
     out = claims.select_hardware(hw, "default", ["r2"])
     assert list(out["source"]) == ["a.json", "default/r2"]
+
+
+# --- the verdict table, row by row ------------------------------------------------------
+HOLDS = claims.Check("a", True)
+FAILS = claims.Check("b", False)
+CLOSE = claims.Check("c", None, undecided=True)
+UNTESTED = claims.Check("d", None)
+
+
+def test_check_outcomes():
+    assert [c.outcome for c in (HOLDS, FAILS, CLOSE, UNTESTED)] == ["holds", "fails", "too close to call", "cannot test"]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize(("checks", "status"), [
+    ((), "cannot test"),
+    ((UNTESTED, UNTESTED), "cannot test"),
+    ((HOLDS, HOLDS), "supported"),
+    ((HOLDS, UNTESTED), "supported"),          # with its untested part named
+    ((FAILS, FAILS), "refuted"),
+    ((FAILS, UNTESTED), "refuted"),
+    ((HOLDS, FAILS), "mixed"),
+    ((HOLDS, FAILS, CLOSE), "mixed"),
+    ((HOLDS, CLOSE), "too close to call"),     # one held, nothing failed: not supported
+    ((FAILS, CLOSE), "too close to call"),     # one failed, nothing held: not refuted
+    ((CLOSE, UNTESTED), "too close to call"),
+    ((FAILS, CLOSE, UNTESTED), "too close to call"),
+])
+def test_verdict_table_row(checks, status):
+    verdict = claims.Verdict(1, tuple(checks))
+    assert verdict.status == status
+    assert status in dict(claims.VERDICT_TABLE)
+    if status in ("supported", "refuted") and UNTESTED in checks:
+        assert verdict.scope == "not tested: d"
+    # one failed check and one too close to call never make a claim look partly true
+    assert not (status == "mixed" and not any(c.outcome == "holds" for c in checks))
+
+
+def test_a_model_that_did_not_learn_makes_a_comparison_untestable_never_a_tie():
+    """Learned first: both runs near zero (as in the smoke study) cannot hold or fail."""
+    tiny = dict(bins=[0.0, 0.0, 0.01, 0.02, 0.03, 0.05, np.nan])
+    df = frame(row("vgg16", mAP=0.003, ms=100, **tiny), row("mobilenet_v1", mAP=0.02, ms=20, **tiny),
+               row("vgg16", augment="none", mAP=0.003, **tiny), row("mobilenet_v1", augment="none", mAP=0.003, **tiny),
+               row("mobilenet_v1", width=0.5, mAP=0.01, ms=15, **tiny))
+    verdict = claims.claim_backbone(df)
+    map_check = verdict.checks[0]
+    assert map_check.outcome == "cannot test" and "did not learn" in map_check.detail
+    # the timing half of the claim describes no trained detector either
+    assert verdict.status == "cannot test" and verdict.scope == "the models compared did not learn"
+    for verdict in (claims.claim_augmentation(df), claims.claim_width(df), claims.claim_sizes(df)):
+        map_checks = [c for c in verdict.checks if "epoch" not in c.statement]
+        assert all(c.outcome == "cannot test" for c in map_checks), verdict.markdown()
+        assert verdict.status == "cannot test"
+    mining = frame(row("vgg16", mAP=0.003), row("vgg16", mining="none", mAP=0.0),
+                   row("mobilenet_v1", mAP=0.02), row("mobilenet_v1", mining="none", mAP=0.01))
+    verdict = claims.claim_mining(mining)
+    assert all(c.outcome == "cannot test" for c in verdict.checks if "prediction" not in c.statement)
+    assert verdict.status == "cannot test"
+    # one learned, one not: still untestable (a learned model beating a failed one says nothing)
+    assert claims.claim_backbone(frame(row("vgg16", mAP=0.05), row("mobilenet_v1", mAP=0.6))).checks[0].outcome \
+        == "cannot test"
+
+
+def test_a_bin_the_models_did_not_learn_is_not_compared():
+    """VGG16's lead on small objects when both score about zero there: cannot test."""
+    df = frame(row("vgg16", mAP=0.6, bins=[0.02, 0.05, 0.5, 0.6, 0.7, 0.7, np.nan]),
+               row("mobilenet_v1", mAP=0.5, bins=[0.0, 0.01, 0.4, 0.5, 0.6, 0.7, np.nan]))
+    check = next(c for c in claims.claim_sizes(df).checks if "lead" in c.statement)
+    assert check.outcome == "cannot test" and "small objects" in check.detail
+
+
+def test_timing_checks_within_the_spread_are_too_close_to_call():
+    df = frame(row("vgg16", mAP=0.7, ms=21, prediction_ms_iqr=3.0), row("mobilenet_v1", mAP=0.6, ms=20, prediction_ms_iqr=3.0))
+    check = claims.claim_backbone(df).checks[1]
+    assert check.outcome == "too close to call" and "spread" in check.detail
+    df = frame(row("vgg16", mAP=0.7, ms=40, prediction_ms_iqr=3.0), row("mobilenet_v1", mAP=0.6, ms=20, prediction_ms_iqr=3.0))
+    assert claims.claim_backbone(df).checks[1].outcome == "holds"
+    hw = frame(hw_row("cpu", "Xeon", "vgg16", 101, threads=2, inference_ms_iqr=10.0),
+               hw_row("cpu", "Xeon", "mobilenet_v1", 100, threads=2, inference_ms_iqr=10.0))
+    assert claims.claim_gpu_cpu(hw).checks[0].outcome == "too close to call"
+    # claim 3: a width whose time saving is within the spread
+    df = frame(row("mobilenet_v1", mAP=0.6, ms=30, prediction_ms_iqr=4.0),
+               row("mobilenet_v1", width=0.75, mAP=0.5, ms=29, prediction_ms_iqr=4.0))
+    assert claims.claim_width(df).checks[0].outcome == "too close to call"
+
+
+def test_verdicts_as_plain_data():
+    verdict = claims.Verdict(4, (HOLDS, UNTESTED))
+    data = verdict.to_dict()
+    assert data["claim"] == 4 and data["status"] == "supported"
+    assert data["checks"] == [{"statement": "a", "outcome": "holds", "detail": ""},
+                              {"statement": "d", "outcome": "cannot test", "detail": ""}]

@@ -216,3 +216,45 @@ def test_a_stale_run_is_listed_and_computed_again(smoke_study, monkeypatch):
     plan = make_plan("smoke", results=smoke_study.plan.results)
     assert plan.stale() == list(plan.runs) and plan.missing() == list(plan.runs)
     assert all(plan.status(r) == "stale" for r in plan.runs)
+
+
+@pytest.mark.slow
+def test_smoke_claims_that_rest_on_map_cannot_be_tested(smoke_study):
+    """The smoke study's models learn nothing: every claim that rests on mAP is "cannot
+    test" because the models did not learn, never a verdict (what the conclusions chapter
+    of the smoke book says too)."""
+    from ssdstudy.study import profile_verdicts
+
+    verdicts = {v.number: v for v in profile_verdicts("smoke", results=smoke_study.plan.results)}
+    for number in (1, 2, 3, 6, 7):
+        assert verdicts[number].status == "cannot test", verdicts[number].markdown()
+        assert verdicts[number].scope == "the models compared did not learn"
+    page = (smoke_study.root / "_build" / "html" / "book" / "chapters" / "conclusions.html").read_text()
+    assert "the models compared did not learn" in page
+
+
+def test_claims_command_prints_json():
+    proc = subprocess.run([sys.executable, "-m", "ssdstudy.cli", "study", "claims", "--profile", "smoke", "--json"],
+                          capture_output=True, text=True, check=True)
+    data = json.loads(proc.stdout)
+    assert [d["claim"] for d in data] == list(range(1, 9))
+    assert all({"claim", "status", "checks"} <= set(d) for d in data)
+    assert all({"statement", "outcome", "detail"} == set(c) for d in data for c in d["checks"])
+
+
+@pytest.mark.slow
+def test_reproduce_page_lists_recomputed_twins(smoke_study, tmp_path):
+    """A twin in results/<profile>-recomputed/runs/<id>/ is shown beside its published run."""
+    from ssdstudy.published import recomputed_root, reproduction_table
+
+    results = smoke_study.plan.results
+    assert reproduction_table("smoke", results=results).empty
+    run_id = next(iter(smoke_study.plan.runs))
+    twin = recomputed_root("smoke", results) / run_id
+    shutil.copytree(smoke_study.plan.paths(run_id).root, twin)
+    try:
+        table = reproduction_table("smoke", results=results)
+        assert list(table["run_id"]) == [run_id]
+        assert table["difference"].iloc[0] == 0 and bool(table["same_code"].iloc[0])
+    finally:
+        shutil.rmtree(twin.parent.parent)

@@ -189,3 +189,23 @@ def test_flush_denormals_is_a_call_of_training_processes_not_an_import_side_effe
     )
     out = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True"]
+
+
+def test_playground_trains_a_quick_model_when_a_run_has_no_checkpoint(tiny_run_yaml, tmp_path):
+    """A published run has no checkpoint: the playground trains its configuration for a
+    few epochs instead, once, and loads it."""
+    from ssdstudy.pipeline import load_model
+    from ssdstudy.playground import quick_checkpoint
+    from ssdstudy.runs import write_config
+
+    config = load_run_config(tiny_run_yaml)
+    run = RunPaths(tmp_path / "published" / config.run_id)
+    run.root.mkdir(parents=True)
+    write_config(run.config, config)
+    checkpoint = quick_checkpoint(run.root, epochs=1, results=tmp_path / "results", progress=False)
+    assert checkpoint == tmp_path / "results" / "playground" / config.run_id / "checkpoint.pt"
+    model, loaded, _ = load_model(checkpoint)
+    assert loaded.train.epochs == 1 and loaded.model == config.model
+    stamp = checkpoint.stat().st_mtime_ns
+    assert quick_checkpoint(run.root, epochs=1, results=tmp_path / "results", progress=False) == checkpoint
+    assert checkpoint.stat().st_mtime_ns == stamp  # found again, not trained again

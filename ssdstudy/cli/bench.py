@@ -83,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
                                     score_threshold=cfg.eval.score_threshold, nms_iou=cfg.eval.nms_iou,
                                     top_k=cfg.eval.top_k)
                 entry = {"backbone": cfg.model.backbone, "width": cfg.model.width,
-                         "image_size": cfg.model.image_size, "timing": timing}
+                         "image_size": cfg.model.image_size, "timing": timing,
+                         # prediction time depends on the weights (how many boxes pass the score
+                         # threshold and enter NMS): an untrained model is NMS's worst case
+                         "weights": f"trained ({Path(args.checkpoint).name})" if args.checkpoint
+                         else "untrained (random initialisation)"}
                 if args.train_steps:
                     train_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=dev, threads=None))
                     with tempfile.TemporaryDirectory() as tmp, threads(n if dev == "cpu" else None):

@@ -26,7 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=book)
 
     a = actions.add_parser("all", parents=[common], help="data, runs, chapters and the book")
+    a.add_argument("--no-train", action="store_true",
+                   help="train nothing: build the chapters and the book from the runs found (the published "
+                   "study); runs still to compute are listed")
     a.set_defaults(func=run_all)
+
+    v = actions.add_parser("claims", parents=[common], help="the verdict on each of the study's claims",
+                           description="Each of the original study's eight claims, its verdict and its checks "
+                           "(statement, outcome, the numbers behind it), from the results at hand: the same as "
+                           "the conclusions chapter.")
+    v.add_argument("--json", action="store_true",
+                   help='print a JSON list of {"claim", "status", "scope", "checks": [{"statement", "outcome", '
+                   '"detail"}]}')
+    v.set_defaults(func=claims)
 
     c = actions.add_parser("check", parents=[common], help="check the published runs",
                            description="Check every finished run of the profile: its config hashes to "
@@ -34,6 +46,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "repository, it was computed by the code at hand, and its files name no path "
                            "of the machine that made them. Lists the plan's runs still to compute.")
     c.set_defaults(func=check)
+
+
+def claims(args: argparse.Namespace) -> int:
+    import json
+
+    from ssdstudy.study import profile_verdicts
+
+    verdicts = profile_verdicts(args.profile)
+    if args.json:
+        print(json.dumps([v.to_dict() for v in verdicts], indent=2))
+        return 0
+    for v in verdicts:
+        scope = f"; {v.scope}" if v.scope else ""
+        print(f"claim {v.number}: {v.status}{scope} ({v.summary()})")
+        for c in v.checks:
+            print(f"  - {c.statement}: {c.outcome}" + (f" ({c.detail})" if c.detail else ""))
+    return 0
 
 
 def check(args: argparse.Namespace) -> int:
@@ -75,7 +104,7 @@ def book(args: argparse.Namespace) -> int:
 def run_all(args: argparse.Namespace) -> int:
     from ssdstudy.study import run_study
 
-    study = run_study(args.profile, progress=not args.no_progress)
+    study = run_study(args.profile, progress=not args.no_progress, train=not args.no_train)
     print(study.report())
     if study.failures:
         return 1

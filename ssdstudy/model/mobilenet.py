@@ -27,7 +27,6 @@ of a whole ``MobileNetV1`` state dict, whose classifier ``fc`` is not used).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ssdstudy.model.layers import Float32AutocastConv2d
