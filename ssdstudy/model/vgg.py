@@ -139,20 +139,22 @@ class VGG16Base(Backbone):
         raise KeyError(key)
 
     def base_key_tables(self, prefix: str) -> list[KeyTable]:
-        tables = super().base_key_tables(prefix)
-        conv_keys = [k for k in self.state_dict() if k.startswith("features.")]
-        tables.append(
-            KeyTable(
-                "torchvision-vgg16",
-                {key: prefix + key for key in conv_keys},
-                ignored_prefixes=("classifier.",),
-                adapt=lambda model, state: fold_input_normalisation(
-                    state, prefix + "features.0", TORCHVISION_MEAN, TORCHVISION_STD, model.mean, model.std
-                ),
-                description="torchvision's ImageNet VGG16 (its 13 convolutions; fc6/fc7 are not in it)",
-            )
+        return [*super().base_key_tables(prefix), self._torchvision_table(
+            prefix, "torchvision-vgg16", "torchvision's ImageNet VGG16 (its 13 convolutions; fc6/fc7 are not in it)")]
+
+    def _torchvision_table(self, prefix: str, name: str, description: str) -> KeyTable:
+        """The layout of torchvision's ImageNet weights for ``features`` (its classifier
+        ignored), with its input normalisation folded into the first convolution."""
+        keys = [k for k in self.state_dict() if k.startswith("features.")]
+        return KeyTable(
+            name,
+            {key: prefix + key for key in keys},
+            ignored_prefixes=("classifier.",),
+            adapt=lambda model, state: fold_input_normalisation(
+                state, prefix + "features.0", TORCHVISION_MEAN, TORCHVISION_STD, model.mean, model.std
+            ),
+            description=description,
         )
-        return tables
 
     def load_hint(self, missing: list[str], unexpected: list[str]) -> str | None:
         keys = missing + unexpected
@@ -194,18 +196,8 @@ class VGG16BNBase(VGG16Base):
         raise KeyError(f"{key}: the original code base has no VGG16 with BatchNorm")
 
     def base_key_tables(self, prefix: str) -> list[KeyTable]:
-        keys = [k for k in self.state_dict() if k.startswith("features.")]
-        return [
-            KeyTable(
-                "torchvision-vgg16-bn",
-                {key: prefix + key for key in keys},
-                ignored_prefixes=("classifier.",),
-                adapt=lambda model, state: fold_input_normalisation(
-                    state, prefix + "features.0", TORCHVISION_MEAN, TORCHVISION_STD, model.mean, model.std
-                ),
-                description="torchvision's ImageNet VGG16-BN (its 13 convolutions and BatchNorms)",
-            )
-        ]
+        return [self._torchvision_table(
+            prefix, "torchvision-vgg16-bn", "torchvision's ImageNet VGG16-BN (its 13 convolutions and BatchNorms)")]
 
 
 def fold_input_normalisation(
