@@ -43,7 +43,7 @@ from ssdstudy.workspace import PROJECT
 EXTRA_CHAPTERS = ("default_boxes", "conclusions", "reproduce")
 #: Per-image training cost on a 2-core CPU at 300x300 (images/s), for --dry-run's estimate
 #: when no finished run of the backbone is there to measure it.
-TRAIN_SPEED_300 = {"vgg16": 1.9, "mobilenet_v1": 21.0}
+TRAIN_SPEED_300 = {"vgg16": 1.9, "vgg16_bn": 3.8, "mobilenet_v1": 22.7}
 
 
 @dataclass
@@ -190,12 +190,13 @@ def estimate_seconds(plan: Plan) -> float:
         cfg = plan.runs[run_id]
         speed = None
         if len(done):
-            same = done[(done.backbone == cfg.model.backbone) & (done.image_size == cfg.model.image_size)]
+            same = done[(done.variant == cfg.model.backbone) & (done.image_size == cfg.model.image_size)
+                        & (done.width == cfg.model.width)]
             if len(same):
                 speed = float(same["images_per_s"].median())
         if not speed:
             speed = TRAIN_SPEED_300.get(cfg.model.backbone, 5.0) * (300 / cfg.model.image_size) ** 2
-        images = cfg.data.max_train_images or (cfg.data.synth.train if cfg.data.synth else 16551)
+        images = cfg.data.max_train_images or ((cfg.data.synth.train if cfg.data.synth else 16551) - cfg.data.val_images)
         total += cfg.train.epochs * images / speed
     return total
 
@@ -288,8 +289,9 @@ class Study:
         self.progress = progress
         self.templates = self.root / "book" / "templates"
         self.failures: list[Failure] = []
-        #: Runs of the plan left uncomputed (``train=False``).
+        #: Runs of the plan left uncomputed, and published runs of other code (``train=False``).
         self.skipped: list[str] = []
+        self.stale: list[str] = []
 
     @property
     def profile(self) -> str:
@@ -394,6 +396,10 @@ class Study:
         if self.skipped:
             skipped = (f"{len(self.skipped)} runs of the plan are not computed (the chapters leave them out; "
                        f"`make study` computes them): {', '.join(self.skipped)}\n")
+        if self.stale:
+            skipped += (f"WARNING: {len(self.stale)} runs were computed by other code than this checkout's "
+                        f"(stale; the chapters show them as published, `make study` computes them again): "
+                        f"{', '.join(self.stale)}\n")
         if not self.failures:
             return skipped + ("all runs and chapters finished" if not self.skipped else "all chapters finished")
         lines = [f"{len(self.failures)} failed (the results made so far are kept; rerun to resume):"]
@@ -435,7 +441,8 @@ def run_study(profile: str, *, only: list[str] | None = None, book: bool = True,
         study.prepare_data()
         study.run_runs()
     else:
-        study.skipped = [r for r in study.plan.missing() if study.plan.status(r) != "to finish"]
+        study.skipped = [r for r in study.plan.missing() if study.plan.status(r) not in ("to finish", "stale")]
+        study.stale = study.plan.stale()
         study.finish_notebooks()
     study.run_chapters()
     if book and not study.failures:

@@ -109,6 +109,31 @@ def test_train_refuses_to_overwrite_without_resume(trained, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_a_refused_resume_leaves_the_folder_as_it_was(trained, tmp_path, capsys):
+    """Other parameters than the folder's run: refused before anything is written."""
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained, folder)
+    before = (folder / "config.yaml").read_text()
+    other = tmp_path / "other.yaml"
+    other.write_text(before.replace("epochs: 1", "epochs: 2"))
+    assert main(["train", str(other), "--run-dir", str(folder), "--resume"]) == 2
+    assert "holds run" in capsys.readouterr().err
+    assert (folder / "config.yaml").read_text() == before
+
+
+def test_restart_removes_only_the_runs_own_files(trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained, folder)
+    (folder / "notes.txt").write_text("mine")
+    assert main(["train", str(folder / "config.yaml"), "--run-dir", str(folder), "--restart", "--no-progress"]) == 0
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert (folder / "metrics.json").is_file()
+
+
 def test_eval_checkpoint_json(trained, tiny_synth, capsys):
     assert main(["eval", "--data", str(tiny_synth), "--split", "test", "--checkpoint", str(trained / "checkpoint.pt"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from ssdstudy.errors import UserError
@@ -22,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="adhoc", help="results/<PROFILE>/ folder name (default: adhoc)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    group.add_argument("--restart", action="store_true", help="discard the run's files and start again")
+    group.add_argument("--restart", action="store_true",
+                       help="discard the run's files (only those: other files in the folder stay) and start again")
     p.add_argument("--device", help="cpu, cuda or mps (default: the parameter file's train.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -40,8 +40,13 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         config.train.device = args.device
     paths = RunPaths(Path(args.run_dir) if args.run_dir else RESULTS / args.profile / "runs" / config.run_id)
-    if args.restart and paths.root.exists():
-        shutil.rmtree(paths.root)
+    other = _run_in(paths)
+    if other is not None and other != config.run_id and not args.restart:
+        # checked before anything is written: the folder's files keep describing its run
+        raise UserError(f"{paths.root}: holds run {other}, not {config.run_id} (other parameters); "
+                        "choose another --run-dir, or --restart to replace that run's files")
+    if args.restart:
+        paths.clear()  # the run's own files only: anything else in the folder stays
     elif paths.checkpoint.exists() and not args.resume:
         raise UserError(f"{paths.root}: this run has a checkpoint; pass --resume to continue it or --restart")
     try:
@@ -53,3 +58,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"run {config.run_id}: VOC07 mAP {m['voc07_map']:.4f}, all-point mAP {m['voc_map']:.4f}")
     print(f"results in {paths.root}")
     return 0
+
+
+def _run_in(paths) -> str | None:
+    """The id of the run whose files are in ``paths`` (from its checkpoint's config.yaml),
+    or None when the folder holds no run."""
+    from ssdstudy.runs import read_config
+
+    if not paths.config.is_file():
+        return None
+    try:
+        return read_config(paths.config).run_id
+    except Exception:  # noqa: BLE001 - an unreadable config.yaml: not ours to judge here
+        return None
