@@ -21,7 +21,10 @@ A run is complete when ``metrics.json``, ``timing.json`` and ``provenance.json``
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,22 @@ import yaml
 from ssdstudy.config import RunConfig, build_config
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
+#: The lock file a process computing a run holds in the run's folder.
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path) -> Iterator[None]:
+    """Wait for and hold an exclusive lock named after ``path`` (``<path>.lock`` beside
+    it): one process at a time writes a generated dataset."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,23 @@ class RunPaths:
         if not self.provenance.is_file():
             return None
         return json.loads(self.provenance.read_text()).get("compute_code")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[bool]:
+        """Hold an exclusive lock on the run's folder for the block; yields False (and
+        holds nothing) when another process computes the run now. Two studies, or a study
+        and ``ssdstudy train``, never write one run at the same time."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_NAME, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def clear(self) -> None:
         """Remove the run's files (a stale run, before it is computed again); a file of

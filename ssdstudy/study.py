@@ -305,8 +305,12 @@ class Study:
         for run_id in self.plan.missing():
             cfg = self.plan.runs[run_id]
             roots.setdefault((cfg.data.root, str(cfg.data.synth)), cfg)
+        from ssdstudy.paths import resolve_path
+        from ssdstudy.runs import folder_lock
+
         for cfg in roots.values():
-            Workspace(cfg, progress=self.progress)
+            with folder_lock(resolve_path(cfg.data.root)):  # another study may be writing it now
+                Workspace(cfg, progress=self.progress)
 
     def finish_notebooks(self) -> list[str]:
         """Execute the notebook of every run that is finished but has none (trains nothing:
@@ -329,20 +333,26 @@ class Study:
             cfg = self.plan.runs[run_id]
             paths = self.plan.paths(run_id)
             bar.set_postfix_str(f"{run_id} {cfg.model.backbone}")
-            if run_id in stale:  # never mix results of other code with this code's
-                paths.clear()
-            paths.root.mkdir(parents=True, exist_ok=True)
-            write_config(paths.config, cfg)
-            try:
-                execute_notebook(
-                    self.templates / "run.ipynb", paths.notebook,
-                    {"config_path": relative_to(paths.config, self.root), "run_dir": relative_to(paths.root, self.root),
-                     "profile": self.profile},
-                    cwd=self.root,
-                )
-            except Exception as err:  # noqa: BLE001 - reported, and the study goes on
-                self.failures.append(Failure(f"run {run_id}", paths.root / "run.failed.ipynb", _short(err)))
-                continue
+            with paths.locked() as mine:
+                if not mine:
+                    self.failures.append(Failure(f"run {run_id}", paths.notebook,
+                                                 "being computed by another process now; rerun when it is done"))
+                    continue
+                if self.plan.status(run_id) == "found":  # finished by another process meanwhile
+                    continue
+                if run_id in stale:  # never mix results of other code with this code's
+                    paths.clear()
+                write_config(paths.config, cfg)
+                try:
+                    execute_notebook(
+                        self.templates / "run.ipynb", paths.notebook,
+                        {"config_path": relative_to(paths.config, self.root),
+                         "run_dir": relative_to(paths.root, self.root), "profile": self.profile},
+                        cwd=self.root,
+                    )
+                except Exception as err:  # noqa: BLE001 - reported, and the study goes on
+                    self.failures.append(Failure(f"run {run_id}", paths.root / "run.failed.ipynb", _short(err)))
+                    continue
             done.append(run_id)
         return done
 

@@ -258,3 +258,38 @@ def test_reproduce_page_lists_recomputed_twins(smoke_study, tmp_path):
         assert table["difference"].iloc[0] == 0 and bool(table["same_code"].iloc[0])
     finally:
         shutil.rmtree(twin.parent.parent)
+
+
+def test_a_run_another_process_computes_is_left_to_it(tmp_path):
+    """Two studies at once: a run whose folder is locked by another process is skipped and
+    reported, never trained twice (the lock is an flock, held per open file)."""
+    root = book_sources(tmp_path)
+    study = Study("smoke", root=root, results=root / "results", only=["hardware"], progress=False)
+    run_id = next(iter(study.plan.runs))
+    with study.plan.paths(run_id).locked() as mine:
+        assert mine
+        with study.plan.paths(run_id).locked() as again:
+            assert not again
+        done = study.run_runs([run_id])
+    assert done == []
+    assert "another process" in study.report() and not study.plan.paths(run_id).history.exists()
+
+
+def test_data_generation_waits_for_another_writer(tmp_path):
+    import threading
+
+    from ssdstudy.runs import folder_lock
+
+    order = []
+
+    def second() -> None:
+        with folder_lock(tmp_path / "synth"):
+            order.append("second")
+
+    with folder_lock(tmp_path / "synth"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.3)
+        order.append("first done")
+    thread.join(5)
+    assert order == ["first done", "second"]

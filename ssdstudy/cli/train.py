@@ -45,15 +45,18 @@ def run(args: argparse.Namespace) -> int:
         # checked before anything is written: the folder's files keep describing its run
         raise UserError(f"{paths.root}: holds run {other}, not {config.run_id} (other parameters); "
                         "choose another --run-dir, or --restart to replace that run's files")
-    if args.restart:
-        paths.clear()  # the run's own files only: anything else in the folder stays
-    elif paths.checkpoint.exists() and not args.resume:
+    if paths.checkpoint.exists() and not (args.resume or args.restart):
         raise UserError(f"{paths.root}: this run has a checkpoint; pass --resume to continue it or --restart")
-    try:
-        result = execute_run(config, paths.root, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"interrupted: the last finished epoch is saved in {paths.checkpoint}; continue with --resume")
-        return 130
+    with paths.locked() as mine:
+        if not mine:
+            raise UserError(f"{paths.root}: another process is computing this run now")
+        if args.restart:
+            paths.clear()  # the run's own files only: anything else in the folder stays
+        try:
+            result = execute_run(config, paths.root, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"interrupted: the last finished epoch is saved in {paths.checkpoint}; continue with --resume")
+            return 130
     m = result["metrics"]
     print(f"run {config.run_id}: VOC07 mAP {m['voc07_map']:.4f}, all-point mAP {m['voc_map']:.4f}")
     print(f"results in {paths.root}")
