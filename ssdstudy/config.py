@@ -27,6 +27,7 @@ import yaml
 
 from ssdstudy.augment import AugmentConfig
 from ssdstudy.errors import ConfigError
+from ssdstudy.paths import PROJECT
 
 STUDY_BACKBONES = ("vgg16", "mobilenet_v1")
 #: Variants of a study backbone that take its place in the chapters and claims (VGG16
@@ -341,7 +342,7 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 # --- profiles ---------------------------------------------------------------------
 
-PARAMETERS = Path(__file__).resolve().parent.parent / "parameters"
+PARAMETERS = PROJECT / "parameters"
 
 
 @dataclass

@@ -1,15 +1,35 @@
 """Where the project's files are: its root, and how relative paths of parameters resolve.
 
-Relative data paths are taken from the project's root (where ``parameters/`` is), so a
-run finds its data whatever the working directory (papermill runs notebooks from the
-project's root, a user may call ``ssdstudy`` from ``book/``).
+The project's root holds ``parameters/``, ``results/``, ``book/`` and ``data/``. It is
+``$SSDSTUDY_ROOT`` when set; else the folder above the package when that holds
+``parameters/`` (a checkout, installed editable as the README does); else the working
+folder. Every part of the project takes its folders from here, so results, chapters and
+data land in one place whatever the working folder.
+
+Paths in parameter files (``data.root``, ``model.pretrained``) are taken from the
+project's root, so a run finds its data whatever the working folder (papermill runs
+notebooks from the root, a user may call ``ssdstudy`` from ``book/``). Paths typed on
+the command line (``ssdstudy data synth OUT_DIR``, ``eval --data``) are, as for any
+command, taken from the working folder.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parent.parent
+
+def project_root() -> Path:
+    """The project's root (see the module docstring)."""
+    if os.environ.get("SSDSTUDY_ROOT"):
+        return Path(os.environ["SSDSTUDY_ROOT"]).expanduser().resolve()
+    source = Path(__file__).resolve().parent.parent
+    if (source / "parameters").is_dir():
+        return source
+    return Path.cwd().resolve()
+
+
+PROJECT = project_root()
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -18,4 +38,4 @@ def resolve_path(path: str | Path) -> Path:
     return path if path.is_absolute() else PROJECT / path
 
 
-__all__ = ["PROJECT", "resolve_path"]
+__all__ = ["PROJECT", "project_root", "resolve_path"]

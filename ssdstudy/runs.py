@@ -31,8 +31,9 @@ from pathlib import Path
 import yaml
 
 from ssdstudy.config import RunConfig, build_config
+from ssdstudy.paths import PROJECT
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
+RESULTS = PROJECT / "results"
 #: The lock file a process computing a run holds in the run's folder.
 LOCK_NAME = ".lock"
 

@@ -105,3 +105,18 @@ def test_bad_experiment_file_names_file_and_key(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         study.read_experiment("broken", read_profile("smoke"))
     assert "broken.yaml" in str(err.value) and "runs[0].model.widht" in str(err.value)
+
+
+def test_the_project_root_can_be_named_and_everything_follows_it(tmp_path):
+    """$SSDSTUDY_ROOT puts parameters, results and relative data roots in one place,
+    whatever the working folder."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from ssdstudy import config, runs, paths; "
+            "print(config.PARAMETERS); print(runs.RESULTS); print(paths.resolve_path('data/synth'))")
+    env = {**os.environ, "SSDSTUDY_ROOT": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(tmp_path / "parameters"), str(tmp_path / "results"), str(tmp_path / "data" / "synth")]
