@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -80,6 +81,12 @@ class DataConfig:
     def validate(self, where: str) -> None:
         if self.val_images < 0:
             raise ConfigError(f"{where}: data.val_images must be 0 or more, got {self.val_images}")
+        for name in ("max_train_images", "max_test_images"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}: data.{name} must be at least 1 (or null: all images), got {value}")
+        if self.synth is not None and (self.synth.train < 0 or self.synth.test < 0):
+            raise ConfigError(f"{where}: data.synth.train and data.synth.test must be 0 or more")
 
 
 @dataclass
@@ -144,6 +151,13 @@ class TrainConfig:
                 raise ConfigError(f"{where}: train.{name} must be at least 1")
         if self.lr <= 0:
             raise ConfigError(f"{where}: train.lr must be positive")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"{where}: train.threads must be at least 1 (or null), got {self.threads}")
+        for name in ("workers", "eval_every", "warmup_epochs", "weight_decay", "momentum"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}: train.{name} must be 0 or more, got {getattr(self, name)}")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"{where}: train.device must be auto, cpu, cuda[:N] or mps, got {self.device!r}")
 
 
 @dataclass
@@ -151,6 +165,11 @@ class EvalConfig:
     score_threshold: float = 0.01
     nms_iou: float = 0.45
     top_k: int = 200
+
+    def validate(self, where: str) -> None:
+        for name in ("score_threshold", "nms_iou"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{where}: eval.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -162,6 +181,18 @@ class TimingConfig:
     devices: list[str] = field(default_factory=lambda: ["cpu", "cuda", "mps"])
     #: CPU thread counts to time with (null: the process default).
     cpu_threads: list[int] | None = None
+
+    def validate(self, where: str) -> None:
+        for name in ("images", "throughput_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}: timing.{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ConfigError(f"{where}: timing.warmup must be 0 or more, got {self.warmup}")
+        unknown = [d for d in self.devices if d not in ("cpu", "cuda", "mps")]
+        if unknown:
+            raise ConfigError(f"{where}: timing.devices: unknown device {unknown[0]!r} (use cpu, cuda, mps)")
+        if any(n < 1 for n in self.cpu_threads or []):
+            raise ConfigError(f"{where}: timing.cpu_threads must all be at least 1")
 
 
 @dataclass
@@ -178,6 +209,13 @@ class RunConfig:
         self.data.validate(where)
         self.model.validate(where)
         self.train.validate(where)
+        self.eval.validate(where)
+        self.timing.validate(where)
+        if self.loss.neg_pos_ratio is not None and self.loss.neg_pos_ratio <= 0:
+            raise ConfigError(f"{where}: loss.neg_pos_ratio must be positive (or null: every negative), "
+                              f"got {self.loss.neg_pos_ratio}")
+        if not 0.0 < self.loss.iou_threshold < 1.0:
+            raise ConfigError(f"{where}: loss.iou_threshold must be in (0, 1), got {self.loss.iou_threshold}")
         if self.train.eval_every and not self.data.val_images:
             raise ConfigError(
                 f"{where}: train.eval_every needs a validation split (data.val_images > 0); "
@@ -210,6 +248,9 @@ def run_id(config: RunConfig) -> str:
 
 
 # --- building dataclasses from plain data, with errors that name the key ------------
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _type_name(tp: Any) -> str:
@@ -252,6 +293,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where, prefix=f"{key}.")
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
         return float(value)
@@ -332,6 +375,9 @@ def load_run_config(path: str | Path) -> RunConfig:
     ``profile: NAME`` naming the profile it builds on."""
     path = Path(path)
     data = read_yaml(path)
+    if not data:
+        raise ConfigError(f"{path}: the parameter file is empty (write at least the fields that differ from "
+                          "the defaults, or profile: NAME)")
     layers = []
     profile = data.pop("profile", None)
     if profile is not None:
@@ -396,6 +442,8 @@ class Profile:
 
 
 def profile_path(name: str) -> Path:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)) or ".." in str(name):
+        raise ConfigError(f"profile name {name!r}: a profile is named by a plain name (letters, digits, _ . -)")
     return PARAMETERS / "profiles" / f"{name}.yaml"
 
 
@@ -411,6 +459,8 @@ def read_profile(name: str) -> Profile:
         for key, layer in getattr(study, section).items():
             from_dict(RunConfig, layer, str(path), prefix=f"study.{section}.{key}.")
     info.name = info.name or name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", info.name) or ".." in info.name:
+        raise ConfigError(f"{path}: profile.name {info.name!r} must be a plain name (it names a folder in results/)")
     layer = (str(path), data)
     build_config(layer)  # validate the profile's own layer now
     return Profile(info=info, study=study, layer=layer)

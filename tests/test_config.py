@@ -120,3 +120,34 @@ def test_the_project_root_can_be_named_and_everything_follows_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == [str(tmp_path / "parameters"), str(tmp_path / "results"), str(tmp_path / "data" / "synth")]
+
+
+@pytest.mark.parametrize(("layer", "key"), [
+    ({"loss": {"neg_pos_ratio": -1}}, "loss.neg_pos_ratio"),
+    ({"train": {"threads": 0}}, "train.threads"),
+    ({"train": {"workers": -1}}, "train.workers"),
+    ({"train": {"device": "tpu"}}, "train.device"),
+    ({"data": {"max_train_images": -5}}, "data.max_train_images"),
+    ({"data": {"synth": {"train": -1}}}, "data.synth"),
+    ({"timing": {"images": 0}}, "timing.images"),
+    ({"timing": {"devices": ["gpu"]}}, "timing.devices"),
+    ({"eval": {"score_threshold": 2.0}}, "eval.score_threshold"),
+    ({"eval": {"nms_iou": -0.1}}, "eval.nms_iou"),
+])
+def test_numeric_ranges_and_devices_are_checked_on_load(layer, key):
+    with pytest.raises(ConfigError, match=rf"run.yaml: {key}"):
+        build_config(("run.yaml", layer))
+
+
+def test_scientific_notation_is_a_number_and_an_empty_file_an_error(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train: {lr: 1e-3}\n")
+    assert load_run_config(path).train.lr == 0.001
+    path.write_text("")
+    with pytest.raises(ConfigError, match="run.yaml: the parameter file is empty"):
+        load_run_config(path)
+
+
+def test_profile_names_are_plain_names():
+    with pytest.raises(ConfigError, match="plain name"):
+        read_profile("../../x")
