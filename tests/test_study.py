@@ -293,3 +293,22 @@ def test_data_generation_waits_for_another_writer(tmp_path):
         order.append("first done")
     thread.join(5)
     assert order == ["first done", "second"]
+
+
+@pytest.mark.slow
+def test_book_from_published_runs_trains_nothing(smoke_study, tmp_path):
+    """What `make book` does on a fresh clone: chapters and book from the runs found, no
+    training; a run of the plan that is not there is listed, not trained."""
+    root = book_sources(tmp_path)
+    results = root / "results"
+    published = smoke_study.plan.results / "smoke" / "runs"
+    ids = sorted(p.name for p in published.iterdir())
+    for run_id in ids[1:]:  # all but one run published, without checkpoints
+        shutil.copytree(published / run_id, results / "smoke" / "runs" / run_id,
+                        ignore=shutil.ignore_patterns("checkpoint.pt"))
+    study = run_study("smoke", root=root, results=results, train=False, progress=False)
+    assert not study.failures, study.report()
+    assert study.skipped == [ids[0]] and "not computed" in study.report()
+    assert sorted(p.name for p in (results / "smoke" / "runs").iterdir()) == ids[1:]
+    assert not list((results / "smoke" / "runs").glob("*/checkpoint.pt"))
+    assert (root / "_build" / "html" / "index.html").is_file()
