@@ -253,6 +253,7 @@ def execute_notebook(template: Path, output: Path, parameters: dict[str, Any], c
             os.replace(tmp, output.with_name(output.stem + ".failed.ipynb"))
         raise
     hide_parameter_cells(tmp)
+    scrub_machine_paths(tmp, cwd)
     os.replace(tmp, output)
     output.with_name(output.stem + ".failed.ipynb").unlink(missing_ok=True)
 
@@ -267,6 +268,38 @@ def hide_parameter_cells(path: Path) -> None:
         tags = cell.metadata.get("tags", [])
         if ("parameters" in tags or "injected-parameters" in tags) and "remove-cell" not in tags:
             cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, path)
+
+
+def scrub_machine_paths(path: Path, root: Path) -> None:
+    """Write the executed notebook without the machine's folders: papermill's record of
+    its input and output paths relative to ``root``, and in outputs (a warning names the
+    file it comes from) the project's root and the Python environment's prefix replaced
+    by ``<project>`` and ``<python>``."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    pm = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if pm.get(key):
+            pm[key] = relative_to(Path(pm[key]), root)
+    prefixes = sorted({str(Path(root).resolve()), str(Path(sys.prefix).resolve()), sys.prefix,
+                       str(Path(root))}, key=len, reverse=True)
+    names = {p: ("<python>" if p.startswith(sys.prefix) or p == str(Path(sys.prefix).resolve()) else "<project>")
+             for p in prefixes}
+
+    def clean(text: str) -> str:
+        for prefix in prefixes:
+            text = text.replace(prefix, names[prefix])
+        return text
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = clean(out["text"] if isinstance(out["text"], str) else "".join(out["text"]))
+            for key, value in (out.get("data") or {}).items():
+                if key.startswith("text/") and isinstance(value, str):
+                    out["data"][key] = clean(value)
     nbformat.write(nb, path)
 
 
