@@ -108,8 +108,12 @@ def test_failing_notebook_is_reported_and_keeps_finished_results(tmp_path):
     first = next(iter(study.plan.runs))
     finished = study.plan.paths(first)
     finished.root.mkdir(parents=True)
-    for path in (finished.metrics, finished.timing, finished.provenance):
+    from ssdstudy.provenance import compute_code
+
+    for path in (finished.metrics, finished.timing):
         path.write_text("{}")
+    finished.provenance.write_text(json.dumps({"compute_code": compute_code()}))
+    finished.notebook.write_text("{}")
     done = study.run_runs()
     assert done == []
     assert len(study.failures) == 1
