@@ -156,11 +156,6 @@ class Verdict:
         return CLAIMS[self.number]
 
     @property
-    def tested(self) -> list[Check]:
-        """Checks that hold or fail."""
-        return [c for c in self.checks if c.holds is not None]
-
-    @property
     def undecided(self) -> list[Check]:
         return [c for c in self.checks if c.undecided]
 

@@ -109,7 +109,6 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
     paths.root.mkdir(parents=True, exist_ok=True)
     started = time.time()
     code = provenance.git_state()  # the code this process imported, whatever changes on disk later
-    compute_code = provenance.compute_code()
     trainer = Trainer(config, paths, progress=progress)
     workspace = trainer.workspace
     device = trainer.device
@@ -156,7 +155,7 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
     if not paths.provenance.is_file():
         history = pd.read_csv(paths.history)
         provenance.write_json(paths.provenance, provenance.collect(
-            str(device), seed=config.train.seed, git=code, run_id=config.run_id, compute_code=compute_code,
+            str(device), seed=config.train.seed, git=code, run_id=config.run_id, compute_code=trainer.compute_code,
             wall_seconds_finalise=time.time() - started,
             training_seconds=float(history["epoch_seconds"].sum()),
         ))

@@ -28,7 +28,8 @@ def _git(*args: str) -> str | None:
 
 def git_state() -> dict[str, Any]:
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # results are what runs write, not code: a rewritten result file does not make the code dirty
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 

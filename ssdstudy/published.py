@@ -80,10 +80,6 @@ def check_published(profile: str, results: Path | None = None) -> dict[str, list
     return {p.root.name: check_run(p, code) for p in run_paths(profile, results) if p.complete()}
 
 
-__all__ = ["MACHINE_PATH", "PUBLISHED", "check_published", "check_run", "in_history", "recomputed_root",
-           "reproduction_table"]
-
-
 def recomputed_root(profile: str, results: Path | None = None) -> Path:
     """Where recomputed twins of a profile's published runs are kept:
     ``results/<profile>-recomputed/runs/<run id>/`` (not published)."""
@@ -121,3 +117,7 @@ def reproduction_table(profile: str, results: Path | None = None):
             "same_code": pa.get("compute_code") == pb.get("compute_code"),
         })
     return pd.DataFrame(rows)
+
+
+__all__ = ["MACHINE_PATH", "PUBLISHED", "check_published", "check_run", "in_history", "recomputed_root",
+           "reproduction_table"]

@@ -161,7 +161,8 @@ def hardware_rows(data: dict[str, Any], source: str) -> list[dict[str, Any]]:
 def load_hardware(profile: str | None = None, run_ids: Iterable[str] | None = None,
                   results: Path | None = None) -> pd.DataFrame:
     """Every hardware measurement: ``results/hardware/*.json`` (for ``profile``, only the
-    entries measured at its input size), plus, for ``profile``, the timings of its own runs (``run_ids`` only, when given) on the machine that ran
+    entries measured at its input size), plus, for ``profile``, the timings of its own
+    runs (``run_ids`` only, when given) on the machine that ran
     the study. A run's time per epoch is given on the device it was trained on only."""
     base = results or RESULTS
     rows: list[dict[str, Any]] = []

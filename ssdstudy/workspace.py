@@ -14,7 +14,6 @@ import torch
 
 from ssdstudy.config import RunConfig
 from ssdstudy.errors import UserError
-
 from ssdstudy.paths import PROJECT, resolve_path  # noqa: F401 - PROJECT re-exported
 
 
@@ -89,12 +88,18 @@ class Workspace:
         return records[:limit] if limit else records
 
     @cached_property
+    def _train_split(self) -> list:
+        """The whole training split as training reads it (read once, then divided)."""
+        d = self.config.data
+        return self._records(d.train_split, d.train_years, None, d.keep_difficult)
+
+    @cached_property
     def _val_ids(self) -> frozenset[str]:
         """Ids of the training split's images held out for validation (seeded choice)."""
         d = self.config.data
         if not d.val_images:
             return frozenset()
-        records = self._records(d.train_split, d.train_years, None, d.keep_difficult)
+        records = self._train_split
         if d.val_images >= len(records):
             raise UserError(
                 f"data.val_images: {d.val_images} validation images asked for, but the training split "
@@ -108,8 +113,7 @@ class Workspace:
         """The training split less the validation images, then cut to ``max_train_images``."""
         d = self.config.data
         held_out = self._val_ids
-        records = [r for r in self._records(d.train_split, d.train_years, None, d.keep_difficult)
-                   if r.image_id not in held_out]
+        records = [r for r in self._train_split if r.image_id not in held_out]
         return records[: d.max_train_images] if d.max_train_images else records
 
     @cached_property
@@ -118,8 +122,12 @@ class Workspace:
         split (flagged and ignored by the evaluation under ``data.test_difficult: ignore``)."""
         d = self.config.data
         held_out = self._val_ids
-        return [r for r in self._records(d.train_split, d.train_years, None, d.test_difficult == "ignore")
-                if r.image_id in held_out]
+        if not held_out:
+            return []
+        keep = d.test_difficult == "ignore"
+        source = self._train_split if keep == d.keep_difficult else self._records(
+            d.train_split, d.train_years, None, keep)
+        return [r for r in source if r.image_id in held_out]
 
     @cached_property
     def test_records(self) -> list:

@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_in(paths) -> str | None:
-    """The id of the run whose files are in ``paths`` (from its checkpoint's config.yaml),
-    or None when the folder holds no run."""
+    """The id of the run whose files are in ``paths`` (from its config.yaml), or None
+    when the folder holds no run."""
     from ssdstudy.runs import read_config
 
     if not paths.config.is_file():
