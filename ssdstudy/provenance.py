@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import ssdstudy
+from ssdstudy.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,8 +42,9 @@ COMPUTE_MODULES = (
     "data", "model", "evaluate",
 )
 #: Files inside those that no run's results depend on: the original code's evaluation,
-#: kept as an oracle for the tests and benchmarks.
-NOT_COMPUTE = ("evaluate/reference.py",)
+#: kept as an oracle for the tests and benchmarks, and the model package's index, which
+#: only re-exports names and imports the backbone modules (adding a backbone changes it).
+NOT_COMPUTE = ("evaluate/reference.py", "model/__init__.py")
 
 
 def _code_without_docstrings(source: str) -> str:
@@ -59,26 +61,58 @@ def _code_without_docstrings(source: str) -> str:
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
-def compute_code(package: Path | None = None) -> str:
+def backbone_files() -> dict[str, str]:
+    """Backbone name -> the file that defines it, relative to the package
+    (``{"vgg16": "model/vgg.py", ...}``)."""
+    from ssdstudy.model import BACKBONES
+
+    root = Path(ssdstudy.__file__).resolve().parent
+    files = {}
+    for name in BACKBONES:
+        module = sys.modules[BACKBONES[name].__module__]
+        files[name] = Path(module.__file__).resolve().relative_to(root).as_posix()
+    return files
+
+
+def compute_code(package: Path | None = None, backbone: str | None = None) -> str:
     """A 12-hex-digit hash of the code of :data:`COMPUTE_MODULES` (their syntax trees
     without docstrings, so comments and wording do not count).
 
     A published run records it; when it differs from the code at hand, the run was
     computed by other code and the study reports it stale and recomputes it.
+
+    Args:
+        package: the package folder (default: this one).
+        backbone: the run's backbone. A backbone's own file counts only for runs of
+            that backbone, so that adding or changing one backbone leaves the runs of
+            the others current. None: every file counts.
     """
     import hashlib
 
     root = package or Path(ssdstudy.__file__).resolve().parent
+    skip = set(NOT_COMPUTE)
+    if backbone is not None:
+        files_of = backbone_files()
+        skip |= set(files_of.values()) - {files_of.get(backbone)}
     digest = hashlib.sha256()
     for name in COMPUTE_MODULES:
         path = root / name
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
         for file in files:
-            if file.relative_to(root).as_posix() in NOT_COMPUTE:
+            if file.relative_to(root).as_posix() in skip:
                 continue
             digest.update(file.relative_to(root).as_posix().encode() + b"\0")
             digest.update(_code_without_docstrings(file.read_text()).encode() + b"\0")
     return digest.hexdigest()[:12]
+
+
+class ComputeCodes(dict):
+    """Backbone -> :func:`compute_code` of the code at hand, each computed on first use
+    (a study asks for the same few many times)."""
+
+    def __missing__(self, backbone: str) -> str:
+        self[backbone] = code = compute_code(backbone=backbone)
+        return code
 
 
 def cpu_name() -> str:
@@ -138,11 +172,7 @@ def collect(device: str = "cpu", seed: int | None = None, git: dict[str, Any] | 
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (a temporary file moved into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_default) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_default) + "\n")
 
 
 def _default(obj: Any) -> Any:

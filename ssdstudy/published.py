@@ -20,6 +20,7 @@ import json
 import re
 from pathlib import Path
 
+from ssdstudy.provenance import ComputeCodes
 from ssdstudy.runs import RunPaths, read_config
 
 #: Absolute paths of a machine (home, work and temporary folders, Windows drives).
@@ -36,16 +37,21 @@ def in_history(commit: str) -> bool:
     return bool(commit) and _git("merge-base", "--is-ancestor", commit, "HEAD") is not None
 
 
-def check_run(paths: RunPaths, compute_code: str | None = None) -> list[str]:
-    """The problems of one published run (an empty list: none)."""
+def check_run(paths: RunPaths, codes: ComputeCodes | None = None) -> list[str]:
+    """The problems of one published run (an empty list: none).
+
+    Args:
+        paths: the run's folder.
+        codes: the code at hand's compute codes, shared between calls (made if None).
+    """
     from ssdstudy.evaluate.bootstrap import Outcomes
-    from ssdstudy.provenance import compute_code as current
 
     problems = []
     missing = [name for name in PUBLISHED if not (paths.root / name).is_file()]
     if missing:
         return [f"missing {', '.join(missing)}"]
-    run_id = read_config(paths.config).run_id
+    config = read_config(paths.config)
+    run_id = config.run_id
     if run_id != paths.root.name:
         problems.append(f"config.yaml hashes to {run_id}, not to the folder's name")
     metrics = json.loads(paths.metrics.read_text())
@@ -58,7 +64,7 @@ def check_run(paths: RunPaths, compute_code: str | None = None) -> list[str]:
         problems.append(f"provenance commit {git.get('commit')} is not in this repository's history")
     elif git.get("dirty"):
         problems.append(f"trained from a modified checkout of {git['commit'][:12]}")
-    code = compute_code or current()
+    code = (ComputeCodes() if codes is None else codes)[config.model.backbone]
     if prov.get("compute_code") != code:
         problems.append(f"stale: computed by compute code {prov.get('compute_code')}, the code at hand is {code}")
     for name in PUBLISHED:
@@ -73,11 +79,10 @@ def check_run(paths: RunPaths, compute_code: str | None = None) -> list[str]:
 
 def check_published(profile: str, results: Path | None = None) -> dict[str, list[str]]:
     """Run id -> problems, for every run folder of ``profile`` with a finished run."""
-    from ssdstudy.provenance import compute_code
     from ssdstudy.results import run_paths
 
-    code = compute_code()
-    return {p.root.name: check_run(p, code) for p in run_paths(profile, results) if p.complete()}
+    codes = ComputeCodes()
+    return {p.root.name: check_run(p, codes) for p in run_paths(profile, results) if p.complete()}
 
 
 def recomputed_root(profile: str, results: Path | None = None) -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from ssdstudy.config import RunConfig, build_config
+from ssdstudy.files import atomic_write_text
 from ssdstudy.paths import PROJECT
 
 RESULTS = PROJECT / "results"
@@ -145,9 +145,3 @@ def read_config(path: Path) -> RunConfig:
     return build_config((str(path), data))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

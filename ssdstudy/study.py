@@ -35,6 +35,8 @@ from ssdstudy.config import (
     read_profile,
     read_yaml,
 )
+from ssdstudy.files import temporary_beside
+from ssdstudy.provenance import ComputeCodes
 from ssdstudy.results import load_runs, run_label
 from ssdstudy.runs import RESULTS, RunPaths, write_config
 from ssdstudy.workspace import PROJECT
@@ -117,30 +119,32 @@ class Plan:
     def paths(self, run_id: str) -> RunPaths:
         return RunPaths(self.results / self.profile.name / "runs" / run_id)
 
-    def status(self, run_id: str, compute_code: str | None = None) -> str:
+    def status(self, run_id: str, codes: ComputeCodes | None = None) -> str:
         """``found``; ``stale`` (finished by other code than the code at hand);
-        ``to finish`` (finished, its notebook missing); ``to resume``; ``to train``."""
-        from ssdstudy.provenance import compute_code as current
+        ``to finish`` (finished, its notebook missing); ``to resume``; ``to train``.
 
+        Args:
+            codes: the code at hand's compute codes, shared between calls (made if None).
+        """
         paths = self.paths(run_id)
         if paths.complete():
-            if paths.compute_code() != (compute_code or current()):
+            codes = ComputeCodes() if codes is None else codes
+            if paths.compute_code() != codes[self.runs[run_id].model.backbone]:
                 return "stale"
             return "found" if paths.notebook.is_file() else "to finish"
         return "to resume" if paths.checkpoint.is_file() else "to train"
 
+    def statuses(self) -> dict[str, str]:
+        """Run id -> :meth:`status`, for every run of the plan."""
+        codes = ComputeCodes()
+        return {run_id: self.status(run_id, codes) for run_id in self.runs}
+
     def missing(self) -> list[str]:
         """Runs to compute: not finished, finished by other code, or without notebook."""
-        from ssdstudy.provenance import compute_code
-
-        code = compute_code()
-        return [r for r in self.runs if self.status(r, code) != "found"]
+        return [r for r, state in self.statuses().items() if state != "found"]
 
     def stale(self) -> list[str]:
-        from ssdstudy.provenance import compute_code
-
-        code = compute_code()
-        return [r for r in self.runs if self.status(r, code) == "stale"]
+        return [r for r, state in self.statuses().items() if state == "stale"]
 
 
 def make_plan(profile: str, only: list[str] | None = None, results: Path | None = None) -> Plan:
@@ -205,20 +209,18 @@ def describe(plan: Plan) -> str:
     lines = [f"profile {plan.profile.name}: {plan.profile.info.description}".rstrip(": ")]
     for exp in plan.experiments:
         lines.append(f"  experiment {exp.name}: {len(exp.runs)} runs")
-    from ssdstudy.provenance import compute_code
-
-    code = compute_code()
-    missing = set(plan.missing())
+    states = plan.statuses()
+    missing = {r for r, state in states.items() if state != "found"}
     for run_id, cfg in plan.runs.items():
-        state = plan.status(run_id, code)
+        state = states[run_id]
         lines.append(
             f"  {run_id}  {state:9}  {run_label(cfg.to_dict())}, {cfg.model.image_size}px, {cfg.train.epochs} epochs"
         )
     est = estimate_seconds(plan)
-    stale = plan.stale()
+    stale = [r for r, state in states.items() if state == "stale"]
     if stale:
-        lines.append(f"{len(stale)} runs are stale: computed by other code than this checkout's "
-                     f"(compute code {code}); they are computed again")
+        lines.append(f"{len(stale)} runs are stale: computed by other code than this checkout's; "
+                     "they are computed again")
     lines.append(
         f"{len(missing)} runs to train, {len(plan.runs) - len(missing)} found; "
         f"estimated training time {est / 60:.0f} min on a 2-core CPU"
@@ -242,7 +244,7 @@ def execute_notebook(template: Path, output: Path, parameters: dict[str, Any], c
     import papermill as pm
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.stem + ".running.ipynb")
+    tmp = temporary_beside(output, ".running.ipynb")
     try:
         pm.execute_notebook(
             str(template), str(tmp), parameters=parameters, cwd=str(cwd),
@@ -348,10 +350,7 @@ class Study:
     def finish_notebooks(self) -> list[str]:
         """Execute the notebook of every run that is finished but has none (trains nothing:
         each step of a finished run is found)."""
-        from ssdstudy.provenance import compute_code
-
-        code = compute_code()
-        finish = [r for r in self.plan.runs if self.plan.status(r, code) == "to finish"]
+        finish = [r for r, state in self.plan.statuses().items() if state == "to finish"]
         if finish:
             self.prepare_data()
         return self.run_runs(finish)

@@ -33,6 +33,7 @@ from ssdstudy.boxes import match
 from ssdstudy.config import RunConfig
 from ssdstudy.data import DetectionDataset, collate
 from ssdstudy.errors import UserError
+from ssdstudy.files import atomic_path
 from ssdstudy.loss import MultiBoxLoss
 from ssdstudy.model import build_model, load_weights
 from ssdstudy.runs import RunPaths, write_config
@@ -146,7 +147,7 @@ class Trainer:
         )
         self.criterion = MultiBoxLoss(neg_pos_ratio=config.loss.neg_pos_ratio)
         self.epoch = 0  # epochs finished
-        self.compute_code = provenance.compute_code()
+        self.compute_code = provenance.compute_code(backbone=config.model.backbone)
 
     # -- checkpoints -------------------------------------------------------------------
     def state(self) -> dict:
@@ -166,9 +167,8 @@ class Trainer:
         }
 
     def save(self) -> None:
-        tmp = self.paths.checkpoint.with_name(self.paths.checkpoint.name + ".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, self.paths.checkpoint)
+        with atomic_path(self.paths.checkpoint) as tmp:
+            torch.save(self.state(), tmp)
 
     def restore(self) -> bool:
         """Load the last checkpoint of this run, if there is one; True when loaded."""

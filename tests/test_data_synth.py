@@ -136,10 +136,12 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
 
 
 def test_a_generation_killed_midway_is_replaced_by_the_next(tmp_path, monkeypatch):
-    """A `data synth` killed after some images leaves a folder marked as ours and
-    incomplete: the next call regenerates it instead of refusing the folder."""
+    """A `data synth` killed after some images leaves the dataset that was there as it
+    was (readers never see half a dataset) and a partial folder beside it, which the
+    next call replaces."""
     import ssdstudy.data.synth as synth
 
+    generate(tmp_path, train=2, test=1, seed=0, workers=1, progress=False)
     real = synth._write_one
     written = []
 
@@ -152,13 +154,15 @@ def test_a_generation_killed_midway_is_replaced_by_the_next(tmp_path, monkeypatc
     monkeypatch.setattr(synth, "_write_one", dies_after_three)
     with pytest.raises(KeyboardInterrupt):
         generate(tmp_path, train=6, test=2, seed=0, workers=1, progress=False)
-    folder = tmp_path / "SYNTH"
     assert not is_up_to_date(tmp_path, train=6, test=2, seed=0)
-    assert json.loads((folder / "synth.json").read_text())["complete"] is False
+    assert is_up_to_date(tmp_path, train=2, test=1, seed=0)
+    assert len(load_split(tmp_path, "trainval")) == 2
+    assert (tmp_path / f".{YEAR_DIR}.partial").is_dir()
     monkeypatch.setattr(synth, "_write_one", real)
     generate(tmp_path, train=6, test=2, seed=0, workers=1, progress=False)
     assert is_up_to_date(tmp_path, train=6, test=2, seed=0)
     assert len(load_split(tmp_path, "trainval")) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == [YEAR_DIR]
 
 
 def test_a_missing_voc_root_is_an_error_and_nothing_is_written(tmp_path):

@@ -112,7 +112,7 @@ def test_failing_notebook_is_reported_and_keeps_finished_results(tmp_path):
 
     for path in (finished.metrics, finished.timing):
         path.write_text("{}")
-    finished.provenance.write_text(json.dumps({"compute_code": compute_code()}))
+    finished.provenance.write_text(json.dumps({"compute_code": compute_code(backbone=study.plan.runs[first].model.backbone)}))
     finished.notebook.write_text("{}")
     done = study.run_runs()
     assert done == []
@@ -216,7 +216,7 @@ def test_a_stale_run_is_listed_and_computed_again(smoke_study, monkeypatch):
 
     plan = make_plan("smoke", results=smoke_study.plan.results)
     assert plan.stale() == [] and plan.missing() == []
-    monkeypatch.setattr(ssdstudy.provenance, "compute_code", lambda package=None: "ffffffffffff")
+    monkeypatch.setattr(ssdstudy.provenance, "compute_code", lambda package=None, backbone=None: "ffffffffffff")
     plan = make_plan("smoke", results=smoke_study.plan.results)
     assert plan.stale() == list(plan.runs) and plan.missing() == list(plan.runs)
     assert all(plan.status(r) == "stale" for r in plan.runs)

@@ -766,21 +766,22 @@ def generate(
                 folder,
                 "folder exists and was not written by `ssdstudy data synth`; choose another folder",
             )
-        shutil.rmtree(folder)
+    # written beside, then renamed into place: a generation killed midway leaves only
+    # the partial folder, which the next call replaces; readers never see half a dataset
+    partial = folder.with_name(f".{YEAR_DIR}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    # claimed first: a generation killed midway leaves a folder marked as ours and
-    # incomplete, which the next call replaces
-    (folder / "synth.json").write_text(json.dumps({"params": params, "complete": False}, indent=2) + "\n")
-    (folder / "classes.txt").write_text("".join(f"{name}\n" for name in SYNTH_CLASSES))
+        (partial / sub).mkdir(parents=True, exist_ok=True)
+    (partial / "classes.txt").write_text("".join(f"{name}\n" for name in SYNTH_CLASSES))
     splits = [("trainval", train), ("test", test)]
     for split, count in splits:
         if count:
             ids = "".join(f"{image_id(split, i)}\n" for i in range(count))
-            (folder / "ImageSets" / "Main" / f"{split}.txt").write_text(ids)
+            (partial / "ImageSets" / "Main" / f"{split}.txt").write_text(ids)
 
     tasks = [
-        (str(folder), int(seed), split, i)
+        (str(partial), int(seed), split, i)
         for split, count in splits
         for i in range(count)
     ]
@@ -792,9 +793,10 @@ def generate(
             objects += n
             bar.update()
     info = {"params": params, "complete": True, "classes": list(SYNTH_CLASSES), "objects": objects}
-    tmp = folder / "synth.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, folder / "synth.json")
+    (partial / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
     return folder
 
 

@@ -149,7 +149,8 @@ def find_year_dirs(root: str | Path, years: Sequence[str] | None = None) -> list
                 )
             found.append(folder)
         return found
-    children = sorted(p for p in root.iterdir() if p.is_dir())
+    # hidden folders are not datasets (a generation in progress writes into one)
+    children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     voc = [p for p in children if _YEAR_RE.fullmatch(p.name)]
     if voc:
         return voc

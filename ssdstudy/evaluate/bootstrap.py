@@ -22,8 +22,6 @@ bin's mAP on a resample is the mAP of its images weighed by their draws
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from ssdstudy.evaluate.voc import (
     VOC07_RECALL_THRESHOLDS,
     VOCMatches,
 )
+from ssdstudy.files import atomic_path
 
 __all__ = [
     "MapDifference", "Outcomes", "map_interval", "paired_contrast", "paired_difference", "paired_statistic",
@@ -95,20 +94,13 @@ class Outcomes:
     def save(self, path: str | Path) -> None:
         """Write ``path`` (``.npz``) atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=".npz") as tmp:
             np.savez_compressed(
                 tmp, class_names=np.array(self.class_names), image_ids=np.array(self.image_ids),
                 labels=self.labels, image_index=self.image_index, outcome=self.outcome,
                 positives=self.positives,
                 **({} if self.image_bins is None else {"image_bins": self.image_bins}),
             )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
     @classmethod
     def load(cls, path: str | Path) -> Outcomes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 
 from ssdstudy.errors import DataError
 from ssdstudy.evaluate.voc import RecordLike
+from ssdstudy.files import atomic_write_text
 
 _REQUIRED = ("image_id", "label", "bbox", "score")
 
@@ -163,12 +163,4 @@ def write_detections(
             }
             lines.append(json.dumps(entry))
     text = "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)

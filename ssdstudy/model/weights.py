@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from ssdstudy.errors import UserError
+from ssdstudy.files import atomic_path
 from ssdstudy.model.registry import KeyTable
 from ssdstudy.model.ssd import SSD
 
@@ -276,7 +277,6 @@ def save_weights(model: SSD, path: str | os.PathLike[str], **metadata: Any) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": "ssdstudy-weights-1", **model.metadata(), **metadata, "model": model.state_dict()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
