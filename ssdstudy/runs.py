@@ -22,7 +22,7 @@ A run is complete when ``metrics.json``, ``timing.json`` and ``provenance.json``
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,25 +31,28 @@ import yaml
 
 from ssdstudy.config import RunConfig, build_config
 from ssdstudy.files import atomic_write_text
+from ssdstudy.locks import Holder, exclusive
 from ssdstudy.paths import PROJECT
 
 RESULTS = PROJECT / "results"
 #: The lock file a process computing a run holds in the run's folder.
 LOCK_NAME = ".lock"
+#: The lock file a study holds in its profile's results folder.
+STUDY_LOCK = ".study.lock"
 
 
 @contextlib.contextmanager
 def folder_lock(path: Path) -> Iterator[None]:
     """Wait for and hold an exclusive lock named after ``path`` (``<path>.lock`` beside
-    it): one process at a time writes a generated dataset."""
+    it): one process at a time writes a generated dataset. Says on stderr whom it
+    waits for."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def tell(holder: Holder) -> None:
+        print(f"{path}: waiting for {holder}, which is writing it", file=sys.stderr, flush=True)
+
+    with exclusive(path.with_name(path.name + ".lock"), wait=True, on_wait=tell):
+        yield
 
 
 @dataclass(frozen=True)
@@ -109,21 +112,13 @@ class RunPaths:
         return json.loads(self.provenance.read_text()).get("compute_code")
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[bool]:
-        """Hold an exclusive lock on the run's folder for the block; yields False (and
-        holds nothing) when another process computes the run now. Two studies, or a study
-        and ``ssdstudy train``, never write one run at the same time."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_NAME, "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def locked(self) -> Iterator[Holder | None]:
+        """Hold an exclusive lock on the run's folder for the block; yields None while
+        this process holds it, or the :class:`~ssdstudy.locks.Holder` of the process
+        that computes the run now (and holds nothing). Two studies, or a study and
+        ``ssdstudy train``, never write one run at the same time."""
+        with exclusive(self.root / LOCK_NAME) as holder:
+            yield holder
 
     def clear(self) -> None:
         """Remove the run's files (a stale run, before it is computed again); a file of

@@ -14,11 +14,13 @@ notebooks, chapters executed over their results, and the book built.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +38,10 @@ from ssdstudy.config import (
     read_yaml,
 )
 from ssdstudy.files import temporary_beside
+from ssdstudy.locks import Holder, exclusive
 from ssdstudy.provenance import ComputeCodes
 from ssdstudy.results import load_runs, run_label
-from ssdstudy.runs import RESULTS, RunPaths, write_config
+from ssdstudy.runs import RESULTS, STUDY_LOCK, RunPaths, write_config
 from ssdstudy.workspace import PROJECT
 
 #: Chapters executed after the experiments' own, in this order.
@@ -332,6 +335,20 @@ class Study:
     def profile(self) -> str:
         return self.plan.profile.name
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the profile's results folder for the block: one study at a time computes
+        it. A second study waits for the first (saying whom it waits for), then finds
+        what the first computed."""
+        folder = self.plan.results / self.profile
+
+        def tell(holder: Holder) -> None:
+            print(f"{folder}: another study is computing it ({holder}); waiting for it to end",
+                  file=sys.stderr, flush=True)
+
+        with exclusive(folder / STUDY_LOCK, wait=True, on_wait=tell):
+            yield
+
     def prepare_data(self) -> None:
         """Write the generated datasets the missing runs need (once, before the runs)."""
         from ssdstudy.workspace import Workspace
@@ -365,10 +382,11 @@ class Study:
             cfg = self.plan.runs[run_id]
             paths = self.plan.paths(run_id)
             bar.set_postfix_str(f"{run_id} {cfg.model.backbone}")
-            with paths.locked() as mine:
-                if not mine:
+            with paths.locked() as holder:
+                if holder is not None:
                     self.failures.append(Failure(f"run {run_id}", paths.notebook,
-                                                 "being computed by another process now; rerun when it is done"))
+                                                 f"being computed by another process now ({holder}); "
+                                                 "rerun when it is done"))
                     continue
                 if self.plan.status(run_id) == "found":  # finished by another process meanwhile
                     continue
@@ -478,6 +496,12 @@ def run_study(profile: str, *, only: list[str] | None = None, book: bool = True,
     false nothing is trained: the chapters are made from the runs found (the published
     study), and the runs still to compute are listed in ``study.skipped``."""
     study = Study(profile, root=root, results=results, only=only, progress=progress)
+    with study.exclusive():
+        _run(study, book=book, train=train)
+    return study
+
+
+def _run(study: Study, *, book: bool, train: bool) -> None:
     start = time.time()
     if train:
         study.prepare_data()
@@ -490,4 +514,3 @@ def run_study(profile: str, *, only: list[str] | None = None, book: bool = True,
     if book and not study.failures:
         study.build_book()
     study.seconds = time.time() - start  # type: ignore[attr-defined]
-    return study

@@ -231,3 +231,9 @@ def test_bench_writes_a_hardware_file_with_each_backbones_training_set(tmp_path,
         assert e["timing"]["images"] == 2
         assert e["timing"]["prediction_ms"]["median"] > 0 and e["timing"]["inference_ms"]["median"] > 0
         assert e["epoch_seconds"] == pytest.approx(e["train_images"] / e["train_images_per_s"])
+
+
+def test_study_run_of_a_run_not_in_the_plan_is_one_line(capsys):
+    assert main(["study", "run", "--profile", "smoke", "--runs", "0123456789ab"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "smoke.yaml: no run 0123456789ab" in err

@@ -5,6 +5,7 @@ a run killed mid-training resumes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -266,17 +267,18 @@ def test_reproduce_page_lists_recomputed_twins(smoke_study, tmp_path):
 
 def test_a_run_another_process_computes_is_left_to_it(tmp_path):
     """Two studies at once: a run whose folder is locked by another process is skipped and
-    reported, never trained twice (the lock is an flock, held per open file)."""
+    reported with who computes it, never trained twice."""
     root = book_sources(tmp_path)
     study = Study("smoke", root=root, results=root / "results", only=["hardware"], progress=False)
     run_id = next(iter(study.plan.runs))
-    with study.plan.paths(run_id).locked() as mine:
-        assert mine
+    with study.plan.paths(run_id).locked() as holder:
+        assert holder is None
         with study.plan.paths(run_id).locked() as again:
-            assert not again
+            assert again is not None and again.pid == os.getpid()
         done = study.run_runs([run_id])
     assert done == []
-    assert "another process" in study.report() and not study.plan.paths(run_id).history.exists()
+    assert f"another process now (pid {os.getpid()} on" in study.report()
+    assert not study.plan.paths(run_id).history.exists()
 
 
 def test_data_generation_waits_for_another_writer(tmp_path):
@@ -316,3 +318,52 @@ def test_book_from_published_runs_trains_nothing(smoke_study, tmp_path):
     assert sorted(p.name for p in (results / "smoke" / "runs").iterdir()) == ids[1:]
     assert not list((results / "smoke" / "runs").glob("*/checkpoint.pt"))
     assert (root / "_build" / "html" / "index.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def installed_package(tmp_path_factory) -> Path:
+    """The package installed non-editable (``pip install .`` into a folder of its own,
+    dependencies taken from the environment at hand)."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(PROJECT)], check=True, capture_output=True)
+    return target
+
+
+@pytest.mark.slow
+def test_two_concurrent_studies_of_an_installed_package(smoke_study, installed_package, tmp_path):
+    """Two `ssdstudy study run --profile smoke` at once in one project folder, with the
+    package installed non-editable and run from the project's root: the second waits for
+    the first and says so; every run is trained once, its history holds each epoch once,
+    its metrics are those of a study alone, and the results are in the project's
+    results/. (Two of the smoke profile's experiments, to keep the test short: the lock
+    is per results folder, whatever the experiments.)"""
+    root = book_sources(tmp_path)
+    shutil.copytree(PROJECT / "parameters", root / "parameters")
+    env = {k: v for k, v in os.environ.items() if k not in ("SSDSTUDY_ROOT", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(installed_package)
+    cmd = [sys.executable, "-m", "ssdstudy.cli", "study", "run", "--profile", "smoke",
+           "--only", "hardware", "nms", "--no-progress"]
+    where = subprocess.run([sys.executable, "-c", "import ssdstudy; print(ssdstudy.__file__)"],
+                           cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert where.stdout.startswith(str(installed_package))
+    first = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = root / "results" / "smoke" / ".study.lock"
+    deadline = time.time() + 120
+    while not (lock.is_file() and lock.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    out, err = first.communicate(timeout=1800)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"another study is computing it (pid {first.pid} on" in second.stderr
+    assert "all runs and chapters finished" in second.stdout
+    runs = root / "results" / "smoke" / "runs"
+    plan = make_plan("smoke", only=["hardware", "nms"], results=root / "results")
+    assert sorted(p.name for p in runs.iterdir()) == sorted(plan.runs)
+    for run_id in plan.runs:
+        history = (runs / run_id / "history.csv").read_text().splitlines()
+        epochs = [line.split(",")[0] for line in history[1:]]
+        assert epochs == [str(e + 1) for e in range(plan.runs[run_id].train.epochs)], run_id
+        alone = json.loads(smoke_study.plan.paths(run_id).metrics.read_text())
+        assert json.loads((runs / run_id / "metrics.json").read_text())["voc07_map"] == alone["voc07_map"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ssdstudy.errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="run the study's experiments and build the book",
@@ -19,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "trained once), then execute the chapter notebooks. Rerunning skips what is done "
                            "and resumes interrupted runs.")
     r.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="only these experiments")
+    r.add_argument("--runs", nargs="+", metavar="RUN_ID",
+                   help="compute only these runs of the plan (in this order) and execute no chapter")
     r.add_argument("--dry-run", action="store_true", help="list the plan and an estimate of its time")
     r.set_defaults(func=run)
 
@@ -86,9 +90,18 @@ def run(args: argparse.Namespace) -> int:
         print(describe(make_plan(args.profile, args.only)))
         return 0
     study = Study(args.profile, only=args.only, progress=not args.no_progress)
-    study.prepare_data()
-    study.run_runs()
-    study.run_chapters()
+    unknown = [r for r in args.runs or [] if r not in study.plan.runs]
+    if unknown:
+        raise UserError(f"parameters/profiles/{args.profile}.yaml: no run {', '.join(unknown)} in this "
+                        "profile's plan (`ssdstudy study run --dry-run` lists its runs)")
+    with study.exclusive():
+        study.prepare_data()
+        if args.runs:
+            missing = set(study.plan.missing())
+            study.run_runs([r for r in args.runs if r in missing])
+        else:
+            study.run_runs()
+            study.run_chapters()
     print(study.report())
     return 1 if study.failures else 0
 

@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
                         "choose another --run-dir, or --restart to replace that run's files")
     if paths.checkpoint.exists() and not (args.resume or args.restart):
         raise UserError(f"{paths.root}: this run has a checkpoint; pass --resume to continue it or --restart")
-    with paths.locked() as mine:
-        if not mine:
-            raise UserError(f"{paths.root}: another process is computing this run now")
+    with paths.locked() as holder:
+        if holder is not None:
+            raise UserError(f"{paths.root}: another process is computing this run now ({holder})")
         if args.restart:
             paths.clear()  # the run's own files only: anything else in the folder stays
         try:
