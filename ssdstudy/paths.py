@@ -1,10 +1,12 @@
 """Where the project's files are: its root, and how relative paths of parameters resolve.
 
 The project's root holds ``parameters/``, ``results/``, ``book/`` and ``data/``. It is
-``$SSDSTUDY_ROOT`` when set; else the folder above the package when that holds
-``parameters/`` (a checkout, installed editable as the README does); else the working
-folder. Every part of the project takes its folders from here, so results, chapters and
-data land in one place whatever the working folder.
+``$SSDSTUDY_ROOT`` when set (``ssdstudy --project DIR`` sets it); else the folder above
+the package when that holds ``parameters/profiles/`` (a checkout, installed editable as
+the README does); else the nearest folder holding ``parameters/profiles/`` from the
+working folder up (a checkout used with the package installed non-editable); else the
+working folder. Every part of the project takes its folders from here, so results,
+chapters and data land in one place whatever the working folder.
 
 Paths in parameter files (``data.root``, ``model.pretrained``) are taken from the
 project's root, so a run finds its data whatever the working folder (papermill runs
@@ -24,9 +26,14 @@ def project_root() -> Path:
     if os.environ.get("SSDSTUDY_ROOT"):
         return Path(os.environ["SSDSTUDY_ROOT"]).expanduser().resolve()
     source = Path(__file__).resolve().parent.parent
-    if (source / "parameters").is_dir():
+    if _is_project(source):
         return source
-    return Path.cwd().resolve()
+    here = Path.cwd().resolve()
+    return next((folder for folder in (here, *here.parents) if _is_project(folder)), here)
+
+
+def _is_project(folder: Path) -> bool:
+    return (folder / "parameters" / "profiles").is_dir()
 
 
 PROJECT = project_root()

@@ -330,6 +330,8 @@ class Study:
         #: Runs of the plan left uncomputed, and published runs of other code (``train=False``).
         self.skipped: list[str] = []
         self.stale: list[str] = []
+        #: What this study did to each run it computed: its status before (see Plan.status).
+        self.computed: dict[str, str] = {}
 
     @property
     def profile(self) -> str:
@@ -388,7 +390,8 @@ class Study:
                                                  f"being computed by another process now ({holder}); "
                                                  "rerun when it is done"))
                     continue
-                if self.plan.status(run_id) == "found":  # finished by another process meanwhile
+                before = self.plan.status(run_id)
+                if before == "found":  # finished by another process meanwhile
                     continue
                 if run_id in stale:  # never mix results of other code with this code's
                     paths.clear()
@@ -404,6 +407,7 @@ class Study:
                     self.failures.append(Failure(f"run {run_id}", paths.root / "run.failed.ipynb", _short(err)))
                     continue
             done.append(run_id)
+            self.computed[run_id] = before
         return done
 
     def run_chapters(self) -> None:
@@ -452,9 +456,9 @@ class Study:
         return self.root / "_build" / "html" / "index.html"
 
     def report(self) -> str:
-        skipped = ""
+        skipped = self.computed_summary()
         if self.skipped:
-            skipped = (f"{len(self.skipped)} runs of the plan are not computed (the chapters leave them out; "
+            skipped += (f"{len(self.skipped)} runs of the plan are not computed (the chapters leave them out; "
                        f"`make study` computes them): {', '.join(self.skipped)}\n")
         if self.stale:
             skipped += (f"WARNING: {len(self.stale)} runs were computed by other code than this checkout's "
@@ -462,9 +466,21 @@ class Study:
                         f"{', '.join(self.stale)}\n")
         if not self.failures:
             return skipped + ("all runs and chapters finished" if not self.skipped else "all chapters finished")
-        lines = [f"{len(self.failures)} failed (the results made so far are kept; rerun to resume):"]
+        lines = [skipped + f"{len(self.failures)} failed (the results made so far are kept; rerun to resume):"]
         lines += [f"  {f.what}: {f.error}\n    notebook: {f.notebook}" for f in self.failures]
         return "\n".join(lines)
+
+
+    def computed_summary(self) -> str:
+        """One line of what this study computed ("" when nothing)."""
+        words = {"to train": "trained", "to resume": "resumed from their last epoch",
+                 "to finish": "finished (their notebook was missing)", "stale": "computed again (stale)"}
+        parts = []
+        for state, word in words.items():
+            ids = [r for r, before in self.computed.items() if before == state]
+            if ids:
+                parts.append(f"{len(ids)} {word}: {', '.join(ids)}")
+        return f"runs {'; '.join(parts)}\n" if parts else ""
 
 
 def titled_copy(src: Path, dest: Path, title: str) -> None:

@@ -122,6 +122,30 @@ def test_the_project_root_can_be_named_and_everything_follows_it(tmp_path):
     assert out == [str(tmp_path / "parameters"), str(tmp_path / "results"), str(tmp_path / "data" / "synth")]
 
 
+def test_an_installed_package_finds_the_project_above_the_working_folder(tmp_path):
+    """Installed non-editable, the package is not in a project: the project is the nearest
+    folder holding parameters/profiles/ from the working folder up."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import ssdstudy
+
+    site = tmp_path / "site"
+    shutil.copytree(Path(ssdstudy.__file__).parent, site / "ssdstudy", ignore=shutil.ignore_patterns("__pycache__"))
+    project = tmp_path / "project"
+    (project / "parameters" / "profiles").mkdir(parents=True)
+    (project / "book").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "SSDSTUDY_ROOT"}
+    env["PYTHONPATH"] = str(site)
+    code = "import ssdstudy, ssdstudy.paths as p; print(ssdstudy.__file__); print(p.PROJECT)"
+    for cwd, root in ((project / "book", project), (tmp_path, tmp_path)):
+        out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert out == [str(site / "ssdstudy" / "__init__.py"), str(root)]
+
+
 @pytest.mark.parametrize(("layer", "key"), [
     ({"loss": {"neg_pos_ratio": -1}}, "loss.neg_pos_ratio"),
     ({"train": {"threads": 0}}, "train.threads"),

@@ -357,7 +357,8 @@ def test_two_concurrent_studies_of_an_installed_package(smoke_study, installed_p
     assert first.returncode == 0, err[-2000:]
     assert second.returncode == 0, second.stderr[-2000:]
     assert f"another study is computing it (pid {first.pid} on" in second.stderr
-    assert "all runs and chapters finished" in second.stdout
+    assert "all runs and chapters finished" in second.stdout and "runs " not in second.stdout
+    assert "2 trained: " in out
     runs = root / "results" / "smoke" / "runs"
     plan = make_plan("smoke", only=["hardware", "nms"], results=root / "results")
     assert sorted(p.name for p in runs.iterdir()) == sorted(plan.runs)
@@ -367,3 +368,21 @@ def test_two_concurrent_studies_of_an_installed_package(smoke_study, installed_p
         assert epochs == [str(e + 1) for e in range(plan.runs[run_id].train.epochs)], run_id
         alone = json.loads(smoke_study.plan.paths(run_id).metrics.read_text())
         assert json.loads((runs / run_id / "metrics.json").read_text())["voc07_map"] == alone["voc07_map"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_notebook_is_finished_and_reported(smoke_study, tmp_path):
+    """A run killed after its results but before its notebook is not complete: the next
+    study executes its notebook (training nothing) and says so."""
+    root = book_sources(tmp_path)
+    results = root / "results"
+    run_id = next(iter(make_plan("smoke", only=["hardware"]).runs))
+    shutil.copytree(smoke_study.plan.paths(run_id).root, results / "smoke" / "runs" / run_id,
+                    ignore=shutil.ignore_patterns("run.ipynb"))
+    study = Study("smoke", root=root, results=results, only=["hardware"], progress=False)
+    assert study.plan.status(run_id) == "to finish"
+    history = study.plan.paths(run_id).history.read_text()
+    assert study.run_runs([run_id]) == [run_id]
+    assert study.plan.status(run_id) == "found"
+    assert study.plan.paths(run_id).history.read_text() == history  # nothing trained again
+    assert f"runs 1 finished (their notebook was missing): {run_id}" in study.report()
