@@ -37,7 +37,7 @@ def test_profile_key_builds_on_a_profile(tmp_path):
         ("train: {scheduler: linear}\n", "train.scheduler must be one of"),
         ("augment: {crop: maybe}\n", "augment.crop must be true or false"),
         ("model: {width: 1.5}\n", "model.width must be in (0, 1]"),
-        ("model: {backbone: vgg16, width: 0.5}\n", "model.width applies to mobilenet_v1 only"),
+        ("model: {backbone: vgg16, width: 0.5}\n", "model.width applies to mobilenet_v1 and squeezenet only"),
         ("loss: [3]\n", "loss must be a mapping"),
         ("train: {epochs: 3\n", "not valid YAML"),
         ("profile: nosuch\n", "unknown profile 'nosuch'"),
@@ -144,6 +144,23 @@ def test_an_installed_package_finds_the_project_above_the_working_folder(tmp_pat
         out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
                              check=True).stdout.split()
         assert out == [str(site / "ssdstudy" / "__init__.py"), str(root)]
+
+
+def test_the_project_can_be_given_on_the_command_line(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(PARAMS, tmp_path / "parameters")
+    env = {k: v for k, v in os.environ.items() if k != "SSDSTUDY_ROOT"}
+    cmd = [sys.executable, "-m", "ssdstudy.cli", "--project", str(tmp_path), "study", "run", "--profile", "smoke",
+           "--only", "hardware", "--dry-run"]
+    out = subprocess.run(cmd, cwd="/", env=env, capture_output=True, text=True, check=True).stdout
+    assert "experiment hardware: " in out and "experiment width" not in out
+    cmd[4] = str(tmp_path / "nowhere")
+    bad = subprocess.run(cmd, cwd="/", env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "no parameters/profiles/" in bad.stderr
 
 
 @pytest.mark.parametrize(("layer", "key"), [
