@@ -34,6 +34,8 @@ STUDY_BACKBONES = ("vgg16", "mobilenet_v1")
 #: Variants of a study backbone that take its place in the chapters and claims (VGG16
 #: with BatchNorm stands for VGG16 where no ImageNet weights are given).
 BACKBONE_FAMILIES = {"vgg16_bn": "vgg16"}
+#: Backbones with a width multiplier (``model.width``); the others need width 1.0.
+WIDTH_BACKBONES = ("mobilenet_v1", "squeezenet")
 
 
 def backbone_family(name: str) -> str:
@@ -106,8 +108,10 @@ class ModelConfig:
             )
         if not 0.0 < self.width <= 1.0:
             raise ConfigError(f"{where}: model.width must be in (0, 1], got {self.width}")
-        if self.backbone != "mobilenet_v1" and self.width != 1.0:
-            raise ConfigError(f"{where}: model.width applies to mobilenet_v1 only, got backbone {self.backbone!r}")
+        if self.backbone not in WIDTH_BACKBONES and self.width != 1.0:
+            raise ConfigError(
+                f"{where}: model.width applies to {' and '.join(WIDTH_BACKBONES)} only, got backbone {self.backbone!r}"
+            )
         if self.image_size < 96:
             raise ConfigError(f"{where}: model.image_size must be at least 96, got {self.image_size}")
 

@@ -38,8 +38,8 @@ def mobilenet() -> SSD:
 
 
 def test_registry_lists_the_backbones():
-    assert available_backbones() == ("mobilenet_v1", "vgg16", "vgg16_bn")
-    assert set(BACKBONES) == {"vgg16", "vgg16_bn", "mobilenet_v1"}
+    assert available_backbones() == ("mobilenet_v1", "squeezenet", "vgg16", "vgg16_bn")
+    assert set(BACKBONES) == {"vgg16", "vgg16_bn", "mobilenet_v1", "squeezenet"}
 
 
 def test_parameter_counts_equal_the_original_networks(vgg, mobilenet):
@@ -79,7 +79,7 @@ def test_vgg16_has_no_width_multiplier():
 
 
 def test_unknown_backbone_option_and_arguments_are_clear_errors():
-    with pytest.raises(ModelConfigError, match="unknown backbone 'resnet'.*mobilenet_v1, vgg16"):
+    with pytest.raises(ModelConfigError, match="unknown backbone 'resnet'.*mobilenet_v1, squeezenet, vgg16"):
         build_model("resnet", 21)
     with pytest.raises(ModelConfigError, match="'dropout'.*its options: conv4_3_norm"):
         build_model("vgg16", 21, dropout=0.1)

@@ -436,3 +436,17 @@ def test_plain_and_training_checkpoints_load(tmp_path, mobilenet):
         load_weights(build_model("mobilenet_v1", 5), path)
     parallel = {"module." + k: v for k, v in mobilenet.state_dict().items()}
     assert load_weights_from_memory(build_model("mobilenet_v1", 21), parallel).format == "ssdstudy"
+
+
+@pytest.mark.parametrize("backbone", ["vgg16_bn", "mobilenet_v1", "squeezenet"])
+def test_every_backbone_reads_its_own_checkpoint(backbone, tmp_path):
+    """A trained run's checkpoint is read back whatever the backbone, including those the
+    original code base never had (VGG16-BN, SqueezeNet)."""
+    torch.manual_seed(0)
+    model = build_model(backbone, num_classes=3, width=1.0, image_size=96)
+    path = save_weights(model, tmp_path / "weights.pt")
+    again = build_model(backbone, num_classes=3, width=1.0, image_size=96)
+    report = load_weights(again, path)
+    assert report.format == "ssdstudy" and not report.skipped
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key

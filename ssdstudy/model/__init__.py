@@ -2,7 +2,7 @@
 
 >>> from ssdstudy.model import build_model, available_backbones
 >>> available_backbones()
-('mobilenet_v1', 'vgg16')
+('mobilenet_v1', 'squeezenet', 'vgg16', 'vgg16_bn')
 >>> model = build_model("mobilenet_v1", num_classes=21, width=0.5)
 >>> model.priors.shape
 torch.Size([3000, 4])
@@ -29,7 +29,7 @@ from ssdstudy.model.ssd import SSD, build_model
 from ssdstudy.model.weights import CheckpointError, LoadReport, load_state, load_weights, save_weights
 
 #: Modules that define backbones (each registers its factory on import).
-_BACKBONE_MODULES = ("vgg", "mobilenet")
+_BACKBONE_MODULES = ("vgg", "mobilenet", "squeezenet")
 
 for _name in _BACKBONE_MODULES:
     importlib.import_module(f"{__name__}.{_name}")
