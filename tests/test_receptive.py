@@ -1,0 +1,77 @@
+"""Receptive fields: the measured theoretical field equals the field derived by hand for
+a chain of layers; the effective field's square holds what it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ssdstudy.model import build_model
+from ssdstudy.receptive import _mass_square, box_sides, effective_fields, field_table, theoretical_fields
+
+
+def chain(layers: list[tuple[int, int]], taps: list[int]) -> list[int]:
+    """Receptive field sides after the layers listed in ``taps`` of a chain of
+    ``(kernel, stride)`` layers: r += (k - 1) * jump, then jump *= stride."""
+    r, jump, out = 1, 1, []
+    for i, (k, s) in enumerate(layers):
+        r += (k - 1) * jump
+        jump *= s
+        if i in taps:
+            out.append(r)
+    return out
+
+
+EXTRAS = [(1, 1), (3, 2)] * 4  # MobileNetV1-SSD's four extra blocks (SqueezeNet's too)
+
+
+def test_mobilenet_fields_are_those_of_its_chain_of_layers():
+    # conv 3x3/2, then 13 blocks of (depthwise 3x3/s, pointwise 1x1)
+    strides = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+    layers = [(3, 2)] + [layer for s in strides for layer in ((3, s), (1, 1))] + EXTRAS
+    taps = [22, 26] + [26 + 2 * i for i in range(1, 5)]  # after blocks 11 and 13, then each extra
+    model = build_model("mobilenet_v1", num_classes=3, width=0.25)
+    assert theoretical_fields(model) == chain(layers, taps) == [219, 315, 379, 507, 763, 1275]
+
+
+def test_squeezenet_fields_count_the_wider_branch_of_each_fire_module():
+    fire = [(1, 1), (3, 1)]  # squeeze, then the 3x3 expand (the 1x1 expand sees less)
+    pool = [(3, 2)]
+    layers = [(3, 2)] + pool + fire * 2 + pool + fire * 2 + pool + fire * 4 + pool + fire * 2 + EXTRAS
+    after_fire9 = 1 + 1 + 4 + 1 + 4 + 1 + 8 - 1
+    taps = [after_fire9, after_fire9 + 5] + [after_fire9 + 5 + 2 * i for i in range(1, 5)]
+    model = build_model("squeezenet", num_classes=3, width=0.25)
+    assert theoretical_fields(model) == chain(layers, taps)
+
+
+def test_the_mass_square():
+    delta = np.zeros((31, 31))
+    delta[10, 20] = 1.0
+    assert _mass_square(delta, 0.95) == {"side": 1.0, "centre_x": 20.0, "centre_y": 10.0}
+    block = np.zeros((31, 31))
+    block[10:21, 5:16] = 1.0  # an 11 x 11 square centred at (10, 15)
+    found = _mass_square(block, 1.0)
+    assert found["side"] == 11.0 and (found["centre_x"], found["centre_y"]) == (10.0, 15.0)
+    assert _mass_square(block, 0.5)["side"] < 11.0
+
+
+def test_effective_fields_lie_inside_the_image_and_the_theoretical_field():
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v1", num_classes=3, width=0.25, image_size=128)
+    images = [torch.randn(3, 128, 128) for _ in range(2)]
+    fields = effective_fields(model, images)
+    theory = theoretical_fields(model)
+    assert len(fields) == len(theory) == 6
+    for found, limit in zip(fields, theory, strict=True):
+        assert 1 <= found["side"] <= min(limit, 128) and found["images"] == 2
+        assert 0 <= found["centre_x"] < 128 and 0 <= found["centre_y"] < 128
+
+
+def test_box_sides_and_the_table():
+    model = build_model("mobilenet_v1", num_classes=3, width=0.25)
+    first = box_sides(model)[0]  # 60 px squares, sqrt(60 * 105), 60 * sqrt(3)
+    assert first == pytest.approx({"smallest": 60.0, "square": (60 * 105) ** 0.5, "longest": 60 * 3 ** 0.5})
+    table = field_table(model)
+    assert list(table["map_size"]) == [19, 10, 5, 3, 2, 1]
+    assert (table["theoretical"] > table["box_longest"]).all()
