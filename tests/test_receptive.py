@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from ssdstudy.model import build_model
-from ssdstudy.receptive import _mass_square, box_sides, effective_fields, field_table, theoretical_fields
+from ssdstudy.receptive import (
+    _mass_square,
+    box_sides,
+    effective_fields,
+    field_table,
+    theoretical_fields,
+)
 
 
 def chain(layers: list[tuple[int, int]], taps: list[int]) -> list[int]:
