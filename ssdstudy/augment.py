@@ -26,9 +26,13 @@ The training pipeline follows the SSD paper and the study's code base, in this o
    boxes whose centre lies inside the patch are kept and clipped to it;
 4. **random horizontal mirror** (probability 0.5);
 
-then every image is resized to ``S x S`` (bilinear, no antialiasing, as the original
-``cv2.resize``) and normalised with the backbone's ``mean`` and ``std``; boxes narrower
-or lower than one output pixel are dropped together with their labels.
+then every image is resized to ``S x S`` (bilinear, no antialiasing, like the original's
+``cv2.resize`` but with torchvision's kernel: the two round differently and land up to
+one grey level apart on about an eighth of the values) and normalised with the
+backbone's ``mean`` and ``std``; boxes narrower or lower than one output pixel are
+dropped together with their labels. The evaluation transform is the same resize; the
+original's (``cv2.resize``) is :func:`ssdstudy.original.reference_preprocess`, and
+``benchmarks/reference_mode.py`` measures what the difference does to mAP.
 
 How it is made fast (see ``benchmarks/augmentation.py``): the pipeline is one fused
 transform rather than a chain of image-to-image steps.

@@ -115,6 +115,13 @@ def match(
        truths share a best prior, the later one (higher index) keeps it, as the
        original's sequential loop leaves it.
 
+    One difference from the original: its IoU (``box_utils.iou_of``) adds ``eps = 1e-5``
+    to the union, this one (:func:`pairwise_iou`, torchvision's formula) does not. The
+    original's IoU is smaller by a factor ``union / (union + 1e-5)``, so a prior whose
+    IoU with a small object lies just at or above ``iou_threshold`` (within
+    ``iou_threshold * 1e-5 / union``, union in normalised units) is positive here and
+    background there; only priors of tiny objects come that close.
+
     The IoU of the whole batch's ground truths against the priors is one call
     (:func:`pairwise_iou`); the per-prior maximum is taken per image over that image's
     rows; everything else is vectorised over the batch. Images without objects get all-background labels and

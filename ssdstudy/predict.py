@@ -6,17 +6,31 @@ Two implementations of the same post-processing:
   ``topk`` keeps the ``candidate_size`` best-scoring priors of every (image, class)
   pair, the score threshold is applied, and one call to
   :func:`torchvision.ops.batched_nms` suppresses within each (image, class) group.
-* ``mode="reference"`` reproduces the approach of the original code base (qfgaohao's
-  ``Predictor`` and ``box_utils.hard_nms``): per image, the outputs are moved to the
-  CPU, classes are visited in a Python loop, and NMS is a Python ``while`` loop that
-  takes the best remaining box and drops the boxes overlapping it. It is kept to measure
-  the cost the original study attributed to NMS, and as an oracle in the tests.
+* ``mode="reference"`` is the original code base's computation (qfgaohao's
+  ``Predictor`` and ``box_utils.hard_nms``, in :mod:`ssdstudy.original`): per image,
+  the outputs are moved to the CPU, classes are visited in a Python loop, and NMS is a
+  Python ``while`` loop that takes the best remaining box and drops the boxes
+  overlapping it. It is kept to measure the cost the original study attributed to NMS,
+  and to measure what the default's departures from it cost in mAP.
 
-Both return the same detections (up to the order of equal scores): per class at most
-``candidate_size`` candidates, scores strictly above ``score_threshold``, boxes that
-overlap a better box of their class by more than ``nms_iou`` removed, then the
-``top_k`` best of the image kept. NMS runs on the normalised boxes, as in the
-original; the kept boxes are then scaled to the original image's pixels and clipped.
+Both keep, per class, at most ``candidate_size`` candidates with scores strictly above
+``score_threshold``, and remove boxes that overlap a better box of their class by more
+than ``nms_iou``; NMS runs on the normalised boxes, as in the original, and the kept
+boxes are scaled to the original image's pixels. The default departs from the
+original in three ways (the fourth, the resize, is in the evaluation transform):
+
+* its IoU has no ``eps``; the original's ``iou_of`` adds 1e-5 to the union, so a pair
+  of small boxes whose IoU lies just above ``nms_iou`` is suppressed here and kept there;
+* it clips the boxes to the image; the original does not;
+* it keeps the ``top_k`` best detections of the image; the original's ``top_k`` caps
+  each class (and its evaluation passes none, so only ``candidate_size`` caps a class).
+
+On the same outputs the two agree on every detection both keep (same class, score and,
+once clipped, box); those only one keeps come from these departures, or from exactly equal scores,
+whose order each implementation's sort decides. With the departures switched off
+(:func:`ssdstudy.original.select_reference`'s ``eps=0, clip=True,
+per_class_top_k=False``) the loop returns the batched path's detections: the tests'
+oracle. ``benchmarks/reference_mode.py`` measures the effect of each on mAP.
 """
 
 from __future__ import annotations
@@ -156,14 +170,16 @@ def select_detections(
         image_sizes: ``N`` pairs ``(height, width)`` of the original images, in pixels.
         score_threshold: a candidate needs a score strictly above this.
         nms_iou: boxes of one class overlapping a better one by more than this are removed.
-        top_k: detections kept per image (``<= 0``: all).
+        top_k: detections kept per image (``<= 0``: all); per class for
+            ``"reference"``, as the original's ``top_k``.
         candidate_size: best candidates per (image, class) that enter NMS (``<= 0``: all).
         mode: ``"batched"`` or ``"reference"`` (see the module docstring).
 
     Returns:
-        ``N`` dicts with ``boxes (K, 4)`` xyxy pixels of the original image, ``scores (K,)``
-        and ``labels (K,)`` int64 1-based, sorted by decreasing score; on the input's device
-        for ``"batched"``, on the CPU for ``"reference"``.
+        ``N`` dicts with ``boxes (K, 4)`` xyxy pixels of the original image (clipped to it
+        for ``"batched"``, not for ``"reference"``), ``scores (K,)`` and ``labels (K,)``
+        int64 1-based, sorted by decreasing score; on the input's device for
+        ``"batched"``, on the CPU for ``"reference"``.
     """
     sizes = _check_sizes(image_sizes, boxes.shape[0])
     args = (boxes, scores, sizes, score_threshold, nms_iou, top_k, candidate_size)
