@@ -92,12 +92,27 @@ class DataConfig:
 
 
 @dataclass
+class PriorsConfig:
+    """Default boxes by the SSD paper's scale rule (:func:`ssdstudy.model.scaled_priors`):
+    scales from ``min_scale`` to ``max_scale`` of the input over the source maps, the
+    same ``aspect_ratios`` on every map."""
+
+    min_scale: float = 0.2
+    max_scale: float = 0.95
+    aspect_ratios: list[float] = field(default_factory=lambda: [2.0, 3.0])
+
+
+@dataclass
 class ModelConfig:
     backbone: str = "mobilenet_v1"
     width: float = 1.0
     image_size: int = 300
     #: A base-network or full checkpoint to start from (null: from scratch).
     pretrained: str | None = None
+    #: Default boxes by the paper's scale rule; null: the backbone's own (the original's).
+    priors: PriorsConfig | None = None
+    #: MobileNetV1 only: a head on its 38x38 (stride 8) map too, as VGG16 has.
+    stride8_map: bool = False
 
     def validate(self, where: str) -> None:
         from ssdstudy.model import available_backbones
@@ -114,6 +129,16 @@ class ModelConfig:
             )
         if self.image_size < 96:
             raise ConfigError(f"{where}: model.image_size must be at least 96, got {self.image_size}")
+        if self.stride8_map and self.backbone != "mobilenet_v1":
+            raise ConfigError(f"{where}: model.stride8_map applies to mobilenet_v1 only, got backbone {self.backbone!r}")
+        p = self.priors
+        if p is not None:
+            if not 0.0 < p.min_scale < p.max_scale <= 1.5:
+                raise ConfigError(f"{where}: model.priors needs 0 < min_scale < max_scale <= 1.5, "
+                                  f"got {p.min_scale} and {p.max_scale}")
+            if not p.aspect_ratios or any(r < 1.0 for r in p.aspect_ratios) or len(set(p.aspect_ratios)) < len(p.aspect_ratios):
+                raise ConfigError(f"{where}: model.priors.aspect_ratios must be distinct ratios >= 1 "
+                                  f"(each gives a wide and a tall box), got {p.aspect_ratios}")
 
 
 @dataclass
@@ -237,6 +262,9 @@ class RunConfig:
 
 #: Fields that do not change what a run computes; left out of the run id.
 _NOT_IDENTITY = {("train", "workers"), ("train", "device"), ("train", "threads"), ("timing",)}
+#: Fields added after runs were published, left out of the run id at their default, so
+#: that a run that does not use them keeps its id.
+_ADDED = {("model", "priors"): None, ("model", "stride8_map"): False}
 
 
 def run_id(config: RunConfig) -> str:
@@ -247,6 +275,9 @@ def run_id(config: RunConfig) -> str:
         for key in path[:-1]:
             node = node[key]
         node.pop(path[-1], None)
+    for (section, key), default in _ADDED.items():
+        if data[section].get(key, default) == default:
+            data[section].pop(key, None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -18,13 +18,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ssdstudy import provenance
+from ssdstudy import distributed, provenance
 from ssdstudy.augment import build_transform
 from ssdstudy.config import RunConfig, load_run_config
 from ssdstudy.data import DetectionDataset, collate
 from ssdstudy.errors import UserError
 from ssdstudy.evaluate import evaluate
-from ssdstudy.model import build_model
+from ssdstudy.model import build_from_config
 from ssdstudy.predict import postprocess
 from ssdstudy.runs import RunPaths, read_config
 from ssdstudy.timing import time_run
@@ -88,8 +88,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
 
     config = build_config((str(path), state["config"]))
     class_names = tuple(state["class_names"])
-    model = build_model(config.model.backbone, len(class_names) + 1, width=config.model.width,
-                        image_size=config.model.image_size)
+    model = build_from_config(config.model, len(class_names) + 1)
     from ssdstudy.model import load_state
 
     try:
@@ -99,10 +98,12 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     return model.to(device).eval(), config, class_names
 
 
-def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any] | None:
     """Train, evaluate and time the run of ``config_path`` in ``run_dir``, resuming.
 
-    Returns ``{"metrics", "timing", "history" (DataFrame), "run_dir"}``.
+    Returns ``{"metrics", "timing", "history" (DataFrame), "run_dir"}``. In a run trained
+    by several processes (:mod:`ssdstudy.distributed`) the first process validates,
+    scores, times and writes the results; the others train their share and return None.
     """
     config = config_path if isinstance(config_path, RunConfig) else load_run_config(config_path)
     paths = RunPaths(Path(run_dir))
@@ -120,6 +121,9 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
         return evaluate(records, dets, workspace.class_names, coco=False, size_bins=False)["voc07_map"]
 
     trainer.fit(resume=True, validate=validate if config.data.val_images else None)
+    processes = distributed.describe()
+    if not distributed.is_main():
+        return None
     model = trainer.model.eval()
 
     if not paths.metrics.is_file():
@@ -157,7 +161,7 @@ def execute_run(config_path: str | Path | RunConfig, run_dir: str | Path, *, pro
         provenance.write_json(paths.provenance, provenance.collect(
             str(device), seed=config.train.seed, git=code, run_id=config.run_id, compute_code=trainer.compute_code,
             wall_seconds_finalise=time.time() - started,
-            training_seconds=float(history["epoch_seconds"].sum()),
+            training_seconds=float(history["epoch_seconds"].sum()), **processes,
         ))
     return {
         "metrics": metrics,

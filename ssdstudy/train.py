@@ -8,6 +8,11 @@ it follows epoch ``k - 1`` in the same process or a resumed one; the checkpoint 
 no RNG state and holds plain tensors and data only (it loads with ``weights_only``).
 On the CPU the same seed gives the same run; on a GPU non-deterministic kernels may
 differ slightly.
+
+Several processes (``torchrun``, see :mod:`ssdstudy.distributed`) train one run with
+DistributedDataParallel: each process reads its shard of the epoch's shuffle, the global
+batch stays ``train.batch_size`` and only the first process writes files. In a single
+process all of that is a no-op: the run computes what it computed before.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ssdstudy import provenance
+from ssdstudy import distributed, provenance
 from ssdstudy.augment import build_transform
 from ssdstudy.boxes import match
 from ssdstudy.config import RunConfig
@@ -35,7 +40,7 @@ from ssdstudy.data import DetectionDataset, collate
 from ssdstudy.errors import UserError
 from ssdstudy.files import atomic_path
 from ssdstudy.loss import MultiBoxLoss
-from ssdstudy.model import build_model, load_weights
+from ssdstudy.model import build_from_config, load_weights
 from ssdstudy.runs import RunPaths, write_config
 from ssdstudy.workspace import Workspace, resolve_device
 
@@ -70,6 +75,14 @@ def seed_everything(seed: int) -> None:
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
+
+
+def _process_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank`` of a distributed run (its augmentation draws differ
+    from the other processes'); process 0, and a single process, keep ``seed``."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -115,16 +128,13 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         self.workspace = Workspace(config, progress=progress)
         seed_everything(config.train.seed)
-        self.model = build_model(
-            config.model.backbone,
-            num_classes=len(self.workspace.class_names) + 1,
-            width=config.model.width,
-            image_size=config.model.image_size,
-        )
+        self.model = build_from_config(config.model, num_classes=len(self.workspace.class_names) + 1)
         if config.model.pretrained:
             load_weights(self.model, config.model.pretrained)
         # channels-last convolutions train about a third faster on CPUs (oneDNN)
         self.model.to(self.device, memory_format=torch.channels_last)
+        # several processes (torchrun): DDP around the model, which stays self.model
+        self.network = distributed.wrap(self.model, self.device)
         self.transform = build_transform(
             True, config.model.image_size, self.model.mean, self.model.std,
             config.augment,
@@ -136,6 +146,9 @@ class Trainer:
                 f"{config.data.root}: {len(self.dataset)} training images, fewer than train.batch_size={t.batch_size}"
             )
         self.steps_per_epoch = len(self.dataset) // t.batch_size
+        # this process's share of the global batch; each gets len // processes images, so
+        # the steps per epoch are the same as in a single process
+        self.batch_size = distributed.per_process_batch(t.batch_size)
         if t.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         else:
@@ -192,17 +205,22 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
-        _truncate_history(self.paths.history, self.epoch)
+        if distributed.is_main():
+            _truncate_history(self.paths.history, self.epoch)
         return True
 
     # -- the loop ------------------------------------------------------------------------
     def loader(self, epoch: int) -> DataLoader:
-        generator = torch.Generator().manual_seed(_epoch_seed(self.config.train.seed, epoch))
+        generator = torch.Generator().manual_seed(
+            _process_seed(_epoch_seed(self.config.train.seed, epoch), distributed.rank()))
         workers = self.config.train.workers
+        # several processes: this one's shard of a shuffle seeded as the generator
+        sampler = distributed.sampler(self.dataset, _epoch_seed(self.config.train.seed, 0), epoch)
         return DataLoader(
             self.dataset,
-            batch_size=self.config.train.batch_size,
-            shuffle=True,
+            batch_size=self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
             drop_last=True,
             collate_fn=collate,
             num_workers=workers,
@@ -229,17 +247,17 @@ class Trainer:
         """The model's outputs in fp32, the network run in ``train.precision``."""
         bf16 = self.config.train.precision == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            locs, logits = self.model(images)
+            locs, logits = self.network(images)
         return locs.float(), logits.float()
 
     def train_epoch(self, epoch: int) -> EpochStats:
-        seed_everything(_epoch_seed(self.config.train.seed, epoch))
-        self.model.train()
+        seed_everything(_process_seed(_epoch_seed(self.config.train.seed, epoch), distributed.rank()))
+        self.network.train()
         sums = np.zeros(3)
         n_images = 0
         start = time.perf_counter()
         bar = tqdm(
-            self.batches(epoch), total=self.steps_per_epoch, disable=not self.progress,
+            self.batches(epoch), total=self.steps_per_epoch, disable=not (self.progress and distributed.is_main()),
             desc=f"epoch {epoch + 1}/{self.config.train.epochs}", unit="batch", leave=False,
         )
         for images, loc_t, cls_t in bar:
@@ -261,6 +279,7 @@ class Trainer:
                 img_s=f"{n_images / elapsed:.1f}",
             )
         seconds = time.perf_counter() - start
+        sums, n_images = distributed.sum_over_processes(sums, n_images, self.device)  # the global batches'
         mean = sums / max(n_images, 1)
         return EpochStats(
             epoch=epoch + 1, loss=float(mean[0]), loc_loss=float(mean[1]), cls_loss=float(mean[2]),
@@ -300,28 +319,34 @@ class Trainer:
         ``train.eval_every`` epochs and after the last one. Ctrl-C leaves the last
         finished epoch's checkpoint in place and re-raises.
         """
-        self.paths.root.mkdir(parents=True, exist_ok=True)
-        write_config(self.paths.config, self.config)
+        main = distributed.is_main()  # several processes: only the first writes files
+        if main:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            write_config(self.paths.config, self.config)
         if resume:
-            self.restore()
-        elif self.paths.checkpoint.exists():
+            distributed.on_main(self.restore)  # the first process mends the files first
+            if not main:
+                self.restore()
+        elif main and self.paths.checkpoint.exists():
             self.paths.checkpoint.unlink()
             self.paths.history.unlink(missing_ok=True)
         stats = []
         total = self.config.train.epochs
         every = self.config.train.eval_every
         for epoch in tqdm(range(self.epoch, total), initial=self.epoch, total=total,
-                          disable=not self.progress, desc="training", unit="epoch"):
+                          disable=not (self.progress and main), desc="training", unit="epoch"):
             s = self.train_epoch(epoch)
-            if validate is not None and ((every and (epoch + 1) % every == 0) or epoch + 1 == total):
+            if main and validate is not None and ((every and (epoch + 1) % every == 0) or epoch + 1 == total):
                 s.val_voc07_map = float(validate(self.model))
                 self.model.train()
             self.epoch = epoch + 1
-            # history first: a kill before the checkpoint only repeats this epoch on resume
-            # (restore() drops history rows past the checkpoint), never leaves a gap
-            _append_history(self.paths.history, s)
-            self.save()
+            if main:
+                # history first: a kill before the checkpoint only repeats this epoch on resume
+                # (restore() drops history rows past the checkpoint), never leaves a gap
+                _append_history(self.paths.history, s)
+                self.save()
             stats.append(s)
+        distributed.barrier()  # every process leaves with the last checkpoint written
         return stats
 
 

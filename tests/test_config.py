@@ -192,3 +192,17 @@ def test_scientific_notation_is_a_number_and_an_empty_file_an_error(tmp_path):
 def test_profile_names_are_plain_names():
     with pytest.raises(ConfigError, match="plain name"):
         read_profile("../../x")
+
+
+def test_tiling_fields_are_checked_and_leave_other_run_ids_alone():
+    plain = build_config(("run.yaml", {}))
+    same = build_config(("run.yaml", {"model": {"priors": None, "stride8_map": False}}))
+    assert plain.run_id == same.run_id
+    tiled = build_config(("run.yaml", {"model": {"priors": {"min_scale": 0.1}}}))
+    assert tiled.run_id != plain.run_id and tiled.model.priors.aspect_ratios == [2.0, 3.0]
+    with pytest.raises(ConfigError, match="run.yaml: model.stride8_map applies to mobilenet_v1"):
+        build_config(("run.yaml", {"model": {"backbone": "vgg16", "stride8_map": True}}))
+    with pytest.raises(ConfigError, match="run.yaml: model.priors needs 0 < min_scale < max_scale"):
+        build_config(("run.yaml", {"model": {"priors": {"min_scale": 0.9, "max_scale": 0.5}}}))
+    with pytest.raises(ConfigError, match="run.yaml: model.priors.aspect_ratios"):
+        build_config(("run.yaml", {"model": {"priors": {"aspect_ratios": [0.5]}}}))

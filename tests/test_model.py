@@ -84,6 +84,8 @@ def test_unknown_backbone_option_and_arguments_are_clear_errors():
     with pytest.raises(ModelConfigError, match="'dropout'.*its options: conv4_3_norm"):
         build_model("vgg16", 21, dropout=0.1)
     with pytest.raises(ModelConfigError, match="'dropout'.*its options: none"):
+        build_model("squeezenet", 21, dropout=0.1)
+    with pytest.raises(ModelConfigError, match="'dropout'.*its options: stride8_map"):
         build_model("mobilenet_v1", 21, dropout=0.1)
     with pytest.raises(ModelConfigError, match="conv4_3_norm must be"):
         build_model("vgg16", 21, conv4_3_norm="layernorm")
@@ -285,3 +287,21 @@ def test_convolutions_whose_taps_see_only_padding_compute_in_float32_under_autoc
     border[:, :, 1, 1] = 0
     assert torch.count_nonzero(border) == 0
     assert model.state_dict().keys() == build_model("mobilenet_v1", 9, image_size=300).state_dict().keys()
+
+
+def test_tiling_options_change_the_default_boxes_and_heads_only():
+    base = build_model("mobilenet_v1", num_classes=9, width=0.25)
+    wide = build_model("mobilenet_v1", num_classes=9, width=0.25, stride8_map=True)
+    assert wide.feature_map_sizes == (38, *base.feature_map_sizes)
+    assert wide.num_priors == base.num_priors + 38 * 38 * 4  # VGG16's first-map boxes
+    assert torch.equal(wide.priors[38 * 38 * 4:], base.priors)
+    assert wide.backbone.out_channels == (64, 128, 256)  # layer 6 at width 0.25
+    locs, logits = wide(torch.zeros(1, 3, 300, 300))
+    assert locs.shape == (1, wide.num_priors, 4) and logits.shape == (1, wide.num_priors, 9)
+    # the layers keep their names: the base network's weights are the same tensors
+    assert list(base.backbone.state_dict()) == list(wide.backbone.state_dict())
+    ratios = build_model("mobilenet_v1", num_classes=9, width=0.25,
+                         priors={"min_scale": 0.2, "max_scale": 0.95, "aspect_ratios": [2]})
+    assert ratios.num_priors == 2000 and ratios.metadata()["options"]["priors"]["aspect_ratios"] == [2.0]
+    with pytest.raises(ModelConfigError, match="stride8_map"):
+        build_model("vgg16", num_classes=9, stride8_map=True)

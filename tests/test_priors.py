@@ -132,3 +132,13 @@ def test_scaled_grid_by_hand_at_160():
 def test_wrong_number_of_maps_is_an_error():
     with pytest.raises(ValueError, match="6 prior specs"):
         generate_priors(VGG16_PRIORS, (38, 19))
+
+
+def test_the_paper_scale_rule_gives_the_original_mobilenet_boxes():
+    from ssdstudy.model.priors import MOBILENET_V1_PRIORS, scaled_priors
+
+    assert scaled_priors(MOBILENET_V1_PRIORS, 0.2, 0.95, (2, 3)) == MOBILENET_V1_PRIORS
+    smaller = scaled_priors(MOBILENET_V1_PRIORS, 0.1, 0.9, (2,))
+    assert [s.min_size for s in smaller.specs] == [30.0, 78.0, 126.0, 174.0, 222.0, 270.0]
+    assert smaller.specs[-1].max_size == 318.0 and smaller.boxes_per_cell == (4,) * 6
+    assert [s.feature_map_size for s in smaller.specs] == [19, 10, 5, 3, 2, 1]

@@ -14,7 +14,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "book" / "templates"
-CHAPTERS = ("backbone", "width", "augmentation", "mining", "sizes", "hardware", "nms", "seeds", "conclusions", "default_boxes", "reproduce")
+CHAPTERS = ("backbone", "width", "augmentation", "mining", "sizes", "hardware", "nms", "seeds", "tiling", "conclusions",
+            "default_boxes", "reproduce")
 PARAMETERS = {
     **{name: {"profile", "experiment", "results_dir"} for name in CHAPTERS},
     "run": {"config_path", "run_dir", "profile"},

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-from ssdstudy.model.priors import PriorConfig, PriorSpec, count_priors, generate_priors
+from ssdstudy.model.priors import PriorConfig, PriorSpec, count_priors, generate_priors, scaled_priors
 from ssdstudy.model.registry import (
     BACKBONES,
     Backbone,
@@ -25,7 +25,7 @@ from ssdstudy.model.registry import (
     available_backbones,
     register_backbone,
 )
-from ssdstudy.model.ssd import SSD, build_model
+from ssdstudy.model.ssd import SSD, build_from_config, build_model
 from ssdstudy.model.weights import CheckpointError, LoadReport, load_state, load_weights, save_weights
 
 #: Modules that define backbones (each registers its factory on import).
@@ -46,6 +46,7 @@ __all__ = [
     "PriorConfig",
     "PriorSpec",
     "available_backbones",
+    "build_from_config",
     "build_model",
     "count_priors",
     "generate_priors",
@@ -53,4 +54,5 @@ __all__ = [
     "load_weights",
     "register_backbone",
     "save_weights",
+    "scaled_priors",
 ]

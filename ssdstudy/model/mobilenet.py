@@ -30,7 +30,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ssdstudy.model.layers import Float32AutocastConv2d
-from ssdstudy.model.priors import MOBILENET_V1_PRIORS
+from ssdstudy.model.priors import MOBILENET_V1_PRIORS, VGG16_PRIORS, PriorConfig
 from ssdstudy.model.registry import Backbone, BackboneParts, KeyTable, register_backbone
 
 #: (output channels, stride) of the first convolution and the 13 separable blocks.
@@ -52,6 +52,9 @@ _MOBILENET_V1_LAYOUT = (
 )
 #: Indices (0-based) of the layers whose outputs feed heads: layers 12 and 14.
 _SOURCE_LAYERS = (11, 13)
+#: With ``stride8_map``: layer 6 (256a channels, stride 8: 38x38 at 300 px) feeds a head
+#: too, as conv4_3 does in VGG16-SSD300, with VGG16-SSD300's first-map default boxes.
+_STRIDE8_LAYER = 5
 
 MOBILENET_MEAN = (127 / 255, 127 / 255, 127 / 255)
 MOBILENET_STD = (128 / 255, 128 / 255, 128 / 255)
@@ -99,7 +102,7 @@ class MobileNetV1Base(Backbone):
     ``[layer 12 (N, 512a, ⌈S/16⌉, ..), layer 14 (N, 1024a, ⌈S/32⌉, ..)]``
     (19x19 and 10x10 at S = 300)."""
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, stride8_map: bool = False):
         super().__init__()
         self.width = width
         channels = [scaled_channels(c, width) for c, _ in _MOBILENET_V1_LAYOUT]
@@ -107,13 +110,14 @@ class MobileNetV1Base(Backbone):
         for i in range(1, len(_MOBILENET_V1_LAYOUT)):
             blocks.append(_conv_dw(channels[i - 1], channels[i], _MOBILENET_V1_LAYOUT[i][1]))
         self.layers = nn.Sequential(*blocks)
-        self.out_channels = tuple(channels[i] for i in _SOURCE_LAYERS)
+        self.source_layers = ((_STRIDE8_LAYER,) if stride8_map else ()) + _SOURCE_LAYERS
+        self.out_channels = tuple(channels[i] for i in self.source_layers)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         maps = []
         for i, layer in enumerate(self.layers):
             x = layer(x)
-            if i in _SOURCE_LAYERS:
+            if i in self.source_layers:
                 maps.append(x)
         return maps
 
@@ -147,10 +151,12 @@ def _extra(in_channels: int, mid: int, out: int) -> nn.Sequential:
 
 
 @register_backbone("mobilenet_v1")
-def mobilenet_v1(width: float = 1.0) -> BackboneParts:
-    """MobileNetV1-SSD300 of the original code base with width multiplier ``width``."""
-    body = MobileNetV1Base(width)
-    c12, c14 = body.out_channels
+def mobilenet_v1(width: float = 1.0, stride8_map: bool = False) -> BackboneParts:
+    """MobileNetV1-SSD300 of the original code base with width multiplier ``width``;
+    with ``stride8_map`` a seventh head on layer 6's 38x38 map (VGG16-SSD300's first
+    default boxes there: 5,776 more boxes at 300 px)."""
+    body = MobileNetV1Base(width, stride8_map)
+    *first, c12, c14 = body.out_channels
     extras = nn.ModuleList(
         [
             _extra(c14, 256, 512),  # 10 -> 5
@@ -162,9 +168,10 @@ def mobilenet_v1(width: float = 1.0) -> BackboneParts:
     return BackboneParts(
         body=body,
         extras=extras,
-        head_channels=(c12, c14, 512, 256, 256, 256),
-        priors=MOBILENET_V1_PRIORS,
+        head_channels=(*first, c12, c14, 512, 256, 256, 256),
+        priors=(PriorConfig((VGG16_PRIORS.specs[0], *MOBILENET_V1_PRIORS.specs), MOBILENET_V1_PRIORS.image_size)
+                if stride8_map else MOBILENET_V1_PRIORS),
         mean=MOBILENET_MEAN,
         std=MOBILENET_STD,
-        options={},
+        options={"stride8_map": True} if stride8_map else {},
     )

@@ -121,6 +121,31 @@ def generate_priors(
     return priors
 
 
+def scaled_priors(
+    base: PriorConfig, min_scale: float, max_scale: float, aspect_ratios: Sequence[float]
+) -> PriorConfig:
+    """``base``'s maps and steps with default boxes by the SSD paper's scale rule.
+
+    Map k of m (k = 0 .. m - 1) gets the scale ``s_k = min_scale + (max_scale -
+    min_scale) * k / (m - 1)``: its small square has side ``s_k * S`` and its big square
+    ``sqrt(s_k * s_(k+1)) * S``, with ``s_m`` continuing the progression past the last
+    map (the original code base's MobileNetV1 configuration is this rule with 0.2, 0.95
+    and ratios 2 and 3: 60, 105, ..., 285 px, its last big square from 330); every map
+    gets the same ``aspect_ratios``. Sides are rounded to 1e-6 px.
+    """
+    m = len(base.specs)
+    if m < 2:
+        raise ValueError("the scale rule needs at least two maps")
+    ref = base.image_size
+    scales = [min_scale + (max_scale - min_scale) * k / (m - 1) for k in range(m + 1)]
+    specs = tuple(
+        PriorSpec(spec.feature_map_size, spec.step, round(scales[k] * ref, 6), round(scales[k + 1] * ref, 6),
+                  tuple(float(r) for r in aspect_ratios))
+        for k, spec in enumerate(base.specs)
+    )
+    return PriorConfig(specs=specs, image_size=ref)
+
+
 #: VGG16-SSD300 of the original code base (``vgg_ssd_config.py``): 8,732 boxes.
 VGG16_PRIORS = PriorConfig(
     specs=(

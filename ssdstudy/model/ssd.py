@@ -9,8 +9,10 @@ for them, and computes the default boxes for the maps it found.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ssdstudy.model.layers import float32_where_taps_see_padding
-from ssdstudy.model.priors import PriorConfig, generate_priors
+from ssdstudy.model.priors import PriorConfig, generate_priors, scaled_priors
 from ssdstudy.model.registry import BACKBONES, BackboneParts, ModelConfigError, check_width
 
 #: The smallest input side :func:`build_model` will try when it looks for the
@@ -257,6 +259,8 @@ def build_model(
     num_classes: int,
     width: float = 1.0,
     image_size: int = 300,
+    *,
+    priors: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> SSD:
     """Build an SSD with a registered backbone.
@@ -267,7 +271,11 @@ def build_model(
         num_classes: classes including the background (21 for Pascal VOC).
         width: MobileNet's width multiplier in (0, 1]; other backbones need 1.0.
         image_size: input side S; the default boxes follow the maps at this size.
-        **options: the backbone's own options (vgg16: ``conv4_3_norm``).
+        priors: default boxes by the SSD paper's scale rule instead of the backbone's
+            own: ``{"min_scale", "max_scale", "aspect_ratios"}`` (see
+            :func:`ssdstudy.model.priors.scaled_priors`); None: the backbone's.
+        **options: the backbone's own options (vgg16: ``conv4_3_norm``; mobilenet_v1:
+            ``stride8_map``).
 
     Returns:
         The :class:`SSD`, with Xavier-initialised extras and heads.
@@ -295,4 +303,18 @@ def build_model(
             f"its options: {', '.join(known) or 'none'}"
         ) from None
     parts = factory(width=width, **options)
+    if priors is not None:
+        rule = {"min_scale": float(priors["min_scale"]), "max_scale": float(priors["max_scale"]),
+                "aspect_ratios": [float(r) for r in priors["aspect_ratios"]]}
+        parts = dataclasses.replace(parts, priors=scaled_priors(parts.priors, **rule),
+                                    options={**parts.options, "priors": rule})
     return SSD(parts, num_classes, image_size, backbone_name=backbone, width=width)
+
+
+def build_from_config(model: Any, num_classes: int) -> SSD:
+    """:func:`build_model` for a :class:`ssdstudy.config.ModelConfig` (``model``)."""
+    options: dict[str, Any] = {"stride8_map": True} if getattr(model, "stride8_map", False) else {}
+    priors = getattr(model, "priors", None)
+    if priors is not None:
+        options["priors"] = dataclasses.asdict(priors) if dataclasses.is_dataclass(priors) else dict(priors)
+    return build_model(model.backbone, num_classes, width=model.width, image_size=model.image_size, **options)

@@ -1,0 +1,81 @@
+"""The tiling chapter's numbers: what each choice of default boxes buys and costs.
+
+Every run of the tiling experiment is compared with the run that keeps the backbone's
+own default boxes (``tiling == "own"``), on the same test images: its whole-set mAP
+and its mAP in each of the two smallest size bins, each difference with the 95 %
+interval of a paired bootstrap of the test images; and its count of default boxes and
+its prediction time (what more boxes cost in decoding and NMS). A difference whose
+interval holds 0 is too close to call; a run below the mAP floor did not learn and
+cannot be compared (:data:`ssdstudy.claims.MAP_FLOOR`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ssdstudy.evaluate.bootstrap import MapDifference, Outcomes, paired_difference, paired_statistic
+from ssdstudy.results import SIZE_BIN_NAMES
+
+#: The bins where the original study saw every model fail: objects under 10 % of the image.
+SMALL_BINS = ("0-5", "5-10")
+
+
+def default_boxes(run_dir: str | Path) -> int:
+    """How many default boxes the run's model has (built from its ``config.yaml``)."""
+    from ssdstudy.model import build_from_config
+    from ssdstudy.runs import read_config
+
+    config = read_config(Path(run_dir) / "config.yaml")
+    return build_from_config(config.model, num_classes=2).num_priors
+
+
+def _verdict(diff: MapDifference, learned: bool) -> str:
+    if not learned:
+        return "cannot test: a run did not learn"
+    if not diff.settled:
+        return "too close to call"
+    return "better" if diff.difference > 0 else "worse"
+
+
+def tiling_table(df: pd.DataFrame, *, resamples: int = 1000) -> pd.DataFrame:
+    """One row per run of ``df`` (the tiling experiment's frame): its boxes, mAP, the
+    differences to the run with the backbone's own boxes, and prediction time."""
+    from ssdstudy.claims import MAP_FLOOR
+
+    own = df[df["tiling"] == "own"]
+    if own.empty or df.empty:
+        return pd.DataFrame()
+    base = own.iloc[0]
+    base_outcomes = Outcomes.load(Path(base["run_dir"]) / "outcomes.npz")
+    rows = []
+    for _, r in df.iterrows():
+        row = {
+            "default boxes": r["tiling"],
+            "boxes": default_boxes(r["run_dir"]),
+            "mAP": r["voc07_map"],
+            "prediction ms": r.get("prediction_ms", np.nan),
+            "prediction ms IQR": r.get("prediction_ms_iqr", np.nan),
+        }
+        for name in SMALL_BINS:
+            row[f"mAP {name} %"] = r.get(f"bin {name}", np.nan)
+        if r["run_id"] != base["run_id"]:
+            outcomes = Outcomes.load(Path(r["run_dir"]) / "outcomes.npz")
+            learned = min(r["voc07_map"], base["voc07_map"]) >= MAP_FLOOR
+            diff = paired_difference(outcomes, base_outcomes, resamples=resamples)
+            row["vs own: mAP"] = f"{diff.difference:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
+            row["vs own: verdict"] = _verdict(diff, learned)
+            for name in SMALL_BINS:
+                k = SIZE_BIN_NAMES.index(name)
+                small = paired_statistic(lambda maps, k=k: maps[0][:, k] - maps[1][:, k], [outcomes, base_outcomes],
+                                         resamples=resamples)
+                bin_learned = min(r.get(f"bin {name}", 0.0), base.get(f"bin {name}", 0.0)) >= MAP_FLOOR
+                row[f"vs own: {name} %"] = f"{small.difference:+.3f} [{small.low:+.3f}, {small.high:+.3f}]"
+                row[f"vs own: {name} % verdict"] = _verdict(small, bin_learned)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+__all__ = ["SMALL_BINS", "default_boxes", "tiling_table"]
