@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ssdstudy.evaluate.bootstrap import MapDifference, Outcomes, paired_difference, paired_statistic
+from ssdstudy.evaluate.bootstrap import (
+    MapDifference,
+    Outcomes,
+    paired_difference,
+    paired_statistic,
+)
 from ssdstudy.results import SIZE_BIN_NAMES
 
 #: The bins where the original study saw every model fail: objects under 10 % of the image.
