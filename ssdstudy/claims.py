@@ -39,7 +39,9 @@ lost, or a statement about size bins) and their folders hold ``outcomes.npz``, a
 bootstrap of the test images (:mod:`ssdstudy.evaluate.bootstrap`) gives the comparison a
 95 % interval; when the interval holds 0 the check is too close to call. A timing check
 is too close to call when the two medians are closer than the mean of their
-interquartile ranges (the spread the timing files record).
+interquartile ranges (the spread the timing files record). A timing measured on a busy
+machine (flagged by :func:`ssdstudy.timing.busy_reasons`) cannot be tested: see
+:func:`_busy`.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ VERDICT_TABLE: tuple[tuple[str, str], ...] = (
     ("too close to call", "otherwise: no check fails or none holds, and some are too close to call"),
 )
 
-_NAMES = {"vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1"}
+_NAMES = {"vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1", "squeezenet": "SqueezeNet 1.1"}
 VGG, MOBILENET = "vgg16", "mobilenet_v1"
 
 
@@ -381,18 +383,53 @@ def _contrast_check(text: str, terms: Sequence[tuple[float, pd.DataFrame]], deta
     return _settle(text, value > 0, detail, map_contrast(terms))
 
 
+#: Timings a busy machine spoils (training speed is measured apart, over whole epochs).
+_BUSY_METRICS = ("inference_ms", "prediction_ms", "reference_prediction_ms", "forward_ms", "postprocess_ms")
+
+
+def _busy(*frames: pd.DataFrame, metric: str = "prediction_ms") -> str:
+    """Why a timing of ``metric`` in ``frames`` was measured on a busy machine (column
+    ``busy``, reasons in ``busy_reason``); empty when none was.
+
+    Such a check cannot be tested rather than being too close to call: a busy machine
+    does not widen a timing's noise around its true value, it shifts it (another
+    process's threads take the cores; a 2-thread inference was once measured at 275 ms
+    against 14 ms on 1 thread), so neither the direction nor the spread says anything
+    about the models, and "too close to call" would claim a difference measured small."""
+    if metric not in _BUSY_METRICS:
+        return ""
+    reasons = []
+    for df in frames:
+        if df is None or df.empty or "busy" not in df.columns:
+            continue
+        flagged = df[df["busy"].fillna(False).astype(bool)]
+        for _, r in flagged.iterrows():
+            reasons.extend(str(r.get("busy_reason") or "flagged busy").split("; "))
+    return "; ".join(dict.fromkeys(reasons))
+
+
+def _busy_check(text: str, detail: str, busy: str) -> Check:
+    return Check(text, None, f"{detail}: measured on a busy machine ({busy})")
+
+
 def _time_check(text: str, rows_a: pd.DataFrame, rows_b: pd.DataFrame, metric: str, detail: str) -> Check:
     """Check that ``metric`` (a time) of ``rows_a`` is larger than of ``rows_b``; too close
     to call when the medians differ by less than the mean of their interquartile ranges
-    (column ``<metric>_iqr``; without it the direction decides)."""
+    (column ``<metric>_iqr``; without it the direction decides); cannot test when either
+    was measured on a busy machine (:func:`_busy`)."""
     a, b = _mean(rows_a, metric), _mean(rows_b, metric)
     if a is None or b is None:
         return _missing(text)
-    return _time_outcome(text, a, b, _mean(rows_a, f"{metric}_iqr"), _mean(rows_b, f"{metric}_iqr"), detail)
+    return _time_outcome(text, a, b, _mean(rows_a, f"{metric}_iqr"), _mean(rows_b, f"{metric}_iqr"), detail,
+                         busy=_busy(rows_a, rows_b, metric=metric))
 
 
-def _time_outcome(text: str, a: float, b: float, iqr_a: float | None, iqr_b: float | None, detail: str) -> Check:
-    """``a > b`` as a check, too close to call within the timings' spread."""
+def _time_outcome(text: str, a: float, b: float, iqr_a: float | None, iqr_b: float | None, detail: str,
+                  busy: str = "") -> Check:
+    """``a > b`` as a check, too close to call within the timings' spread; cannot test
+    when ``busy`` says why a timing was measured on a busy machine."""
+    if busy:
+        return _busy_check(text, detail, busy)
     if iqr_a is not None and iqr_b is not None:
         band = (iqr_a + iqr_b) / 2
         detail = f"{detail} (spread {band:.3g})"
@@ -526,6 +563,10 @@ def claim_width(df: pd.DataFrame) -> Verdict:
             if gate is not None:
                 checks.append(gate)
                 continue
+            busy = _busy(sub, full, metric="prediction_ms")
+            if busy:
+                checks.append(_busy_check(text, detail, busy))
+                continue
             band = _mean(sub, "prediction_ms_iqr"), _mean(full, "prediction_ms_iqr")
             if None not in band and abs(ref_ms - t) < (band[0] + band[1]) / 2:
                 checks.append(Check(text, None, detail + ": the time saved is within the timings' spread",
@@ -538,9 +579,11 @@ def claim_width(df: pd.DataFrame) -> Verdict:
     return Verdict(3, tuple(checks))
 
 
-def _hardware_pairs(hw: pd.DataFrame, metric: str) -> list[tuple[str, str, float, float, float | None, float | None]]:
-    """(device kind, device text, VGG16 value, MobileNetV1 value, and their interquartile
-    ranges when recorded) per measured device."""
+def _hardware_pairs(hw: pd.DataFrame, metric: str) -> list[tuple[str, str, float, float, float | None, float | None, str]]:
+    """(device kind, device text, VGG16 value, MobileNetV1 value, their interquartile
+    ranges when recorded, and why either was measured on a busy machine) per measured
+    device of each machine: two machines with the same device are compared apart (the
+    machine is named when they share a device)."""
     rows = _rows(hw, width=1.0)
     if rows.empty or metric not in rows.columns:
         return []
@@ -553,12 +596,16 @@ def _hardware_pairs(hw: pd.DataFrame, metric: str) -> list[tuple[str, str, float
                                                       and _num(t) is not None else "")
         for (_, r), t in zip(rows.iterrows(), threads)
     ]
+    machine = rows["machine"].fillna("?").astype(str) if "machine" in rows.columns else pd.Series("", index=rows.index)
+    shared = rows.assign(_machine=machine).groupby("_text")["_machine"].transform("nunique") > 1
+    rows["_text"] = [f"{t} of {m}" if s else t for t, m, s in zip(rows["_text"], machine, shared)]
     out = []
     for (kind, text), group in rows.groupby([rows["device"].fillna("?"), "_text"], sort=True):
         vg, mg = group[group["backbone"] == VGG], group[group["backbone"] == MOBILENET]
         v, m = _mean(vg, metric), _mean(mg, metric)
         if v is not None and m is not None:
-            out.append((str(kind), str(text), v, m, _mean(vg, f"{metric}_iqr"), _mean(mg, f"{metric}_iqr")))
+            out.append((str(kind), str(text), v, m, _mean(vg, f"{metric}_iqr"), _mean(mg, f"{metric}_iqr"),
+                        _busy(vg, mg, metric=metric)))
     return out
 
 
@@ -566,12 +613,12 @@ def claim_gpu_cpu(hw: pd.DataFrame) -> Verdict:
     """Claim 4 from hardware rows (inference time, width 1.0, per device)."""
     checks = []
     pairs = _hardware_pairs(hw, "inference_ms")
-    for kind, text, v, m, iqr_v, iqr_m in pairs:
+    for kind, text, v, m, iqr_v, iqr_m, busy in pairs:
         gpu = kind != "cpu"
         statement = f"on {text}, {'VGG16' if gpu else 'MobileNetV1'}-SSD's inference is faster"
         detail = f"VGG16 {v:.3g} ms, MobileNetV1 {m:.3g} ms"
-        checks.append(_time_outcome(statement, m, v, iqr_m, iqr_v, detail) if gpu
-                      else _time_outcome(statement, v, m, iqr_v, iqr_m, detail))
+        checks.append(_time_outcome(statement, m, v, iqr_m, iqr_v, detail, busy) if gpu
+                      else _time_outcome(statement, v, m, iqr_v, iqr_m, detail, busy))
     kinds = {k for k, *_ in pairs}
     if not any(k != "cpu" for k in kinds):
         checks.append(Check("on a GPU, VGG16-SSD's inference is faster", None, "no GPU was measured"))
@@ -595,7 +642,9 @@ def claim_nms(df: pd.DataFrame, hw: pd.DataFrame | None = None) -> Verdict:
             checks.append(Check(text, None, "no reference-loop timing"))
             continue
         share = max(0.0, ref - forward) / ref
-        checks.append(Check(text, share >= BOTTLENECK_SHARE, f"{share:.0%} of {ref:.3g} ms"))
+        busy = _busy(pd.DataFrame([row]), metric="reference_prediction_ms")
+        checks.append(_busy_check(text, f"{share:.0%} of {ref:.3g} ms", busy) if busy
+                      else Check(text, share >= BOTTLENECK_SHARE, f"{share:.0%} of {ref:.3g} ms"))
         pred, post = _num(row.get("prediction_ms")), _num(row.get("postprocess_ms"))
         if pred and post is not None:
             notes.append(f"{name}: {post / pred:.0%} of {pred:.3g} ms")
@@ -603,14 +652,27 @@ def claim_nms(df: pd.DataFrame, hw: pd.DataFrame | None = None) -> Verdict:
         rows = hw.dropna(subset=[c for c in ("reference_prediction_ms", "inference_ms") if c in hw.columns])
         if "device" in rows.columns and {"reference_prediction_ms", "inference_ms"} <= set(rows.columns):
             rows = rows[rows["device"] != "cpu"]
-            for (dev, backbone), group in rows.groupby(["device_name", "backbone"]):
+            trained = (rows["trained"].fillna(True).astype(bool) if "trained" in rows.columns
+                       else pd.Series(True, index=rows.index))
+            for (dev, backbone, is_trained), group in rows.groupby(["device_name", "backbone", trained]):
                 ref, fwd = _mean(group, "reference_prediction_ms"), _mean(group, "inference_ms")
                 if ref is None or fwd is None or ref <= 0:
                     continue
                 share = max(0.0, ref - fwd) / ref
-                checks.append(Check(
-                    f"{_NAMES.get(backbone, backbone)} on {dev}: the reference NMS loop takes at least half of prediction time",
-                    share >= BOTTLENECK_SHARE, f"{share:.0%} of {ref:.3g} ms"))
+                text = (f"{_NAMES.get(backbone, backbone)} on {dev}{'' if is_trained else ' (untrained weights)'}: "
+                        "the reference NMS loop takes at least half of prediction time")
+                detail = f"{share:.0%} of {ref:.3g} ms"
+                busy = _busy(group, metric="reference_prediction_ms")
+                if busy:
+                    checks.append(_busy_check(text, detail, busy))
+                elif not is_trained and share >= BOTTLENECK_SHARE:
+                    # untrained weights send (nearly) every default box into NMS: the share is
+                    # an upper bound of a trained model's, so only its failing says something
+                    checks.append(Check(text, None, detail + ": untrained weights, post-processing at its worst "
+                                        "case (an upper bound)"))
+                else:
+                    checks.append(Check(text, share >= BOTTLENECK_SHARE,
+                                        detail + ("" if is_trained else ", an upper bound (untrained weights)")))
     if not checks:
         checks.append(_missing("the reference NMS loop takes at least half of prediction time"))
     note = ("With the vectorised post-processing (one batched NMS call) the share after the forward pass is "

@@ -62,9 +62,13 @@ __all__ = [
 
 # --- the visual language ---------------------------------------------------------------
 
-BACKBONE_LABELS: dict[str, str] = {"vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1"}
+BACKBONE_LABELS: dict[str, str] = {
+    "vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1", "squeezenet": "SqueezeNet 1.1",
+}
 _PALETTE = sns.color_palette("colorblind", 10).as_hex()
-_BACKBONE_COLORS: dict[str, str] = {"vgg16": _PALETTE[3], "vgg16_bn": _PALETTE[3], "mobilenet_v1": _PALETTE[0]}
+_BACKBONE_COLORS: dict[str, str] = {
+    "vgg16": _PALETTE[3], "vgg16_bn": _PALETTE[3], "mobilenet_v1": _PALETTE[0], "squeezenet": _PALETTE[2],
+}
 _OTHER_COLORS = [_PALETTE[i] for i in (2, 4, 1, 5, 6, 7, 8, 9)]
 
 #: Augmentation settings in the order the book lists them, with their markers.
@@ -318,7 +322,9 @@ def device_times(hw_df: pd.DataFrame, metric: str = "prediction_ms", *, log: boo
         hw_df: rows of :func:`ssdstudy.results.load_hardware` (``device``,
             ``device_name``, ``threads``, ``backbone``, ``width`` and ``metric``).
             Several rows of one (device, backbone) are averaged; rows without the
-            metric (NaN) are left out.
+            metric (NaN) are left out. A device measured on several machines (column
+            ``machine``) is shown once per machine. A bar with a row flagged ``busy``
+            (``train_busy`` for ``epoch_seconds``) is hatched and labelled "(busy)".
         metric: ``"epoch_seconds"``, ``"prediction_ms"``, ``"inference_ms"`` or
             ``"reference_prediction_ms"``.
         log: a logarithmic time axis; None (default) chooses one when the largest
@@ -332,6 +338,13 @@ def device_times(hw_df: pd.DataFrame, metric: str = "prediction_ms", *, log: boo
     if not data.empty:
         data = data.copy()
         data["_device"] = [_device_label(r) for _, r in data.iterrows()]
+        if "machine" in data.columns:
+            # one device of two machines (the study machine and this one, say): two groups
+            machine = data["machine"].fillna("?").astype(str)
+            shared = data.assign(_m=machine).groupby("_device")["_m"].transform("nunique") > 1
+            data["_device"] = [f"{d} [{m}]" if two else d for d, m, two in zip(data["_device"], machine, shared)]
+        flag = "train_busy" if metric == "epoch_seconds" else "busy"
+        data["_busy"] = data[flag].fillna(False).astype(bool) if flag in data.columns else False
         data["_gpu"] = [0 if _get(r, "device", "cpu") == "cpu" else 1 for _, r in data.iterrows()]
         data["_series"] = [backbone_label(_get(r, "variant") or r["backbone"]) + _width_text(_get(r, "width", 1.0)) for _, r in data.iterrows()]
         n_devices, n_series = data["_device"].nunique(), data["_series"].nunique()
@@ -348,6 +361,7 @@ def device_times(hw_df: pd.DataFrame, metric: str = "prediction_ms", *, log: boo
         series_rows = series_rows.sort_values(["_rank", "width"] if "width" in series_rows else ["_rank"])
         series = series_rows["_series"].tolist()
         table = data.pivot_table(index="_device", columns="_series", values=metric, aggfunc="mean")
+        busy = data.pivot_table(index="_device", columns="_series", values="_busy", aggfunc="max")
         height = 0.8 / len(series)
         colors = _series_colors(series_rows)
         for j, (name, color) in enumerate(zip(series, colors)):
@@ -356,9 +370,11 @@ def device_times(hw_df: pd.DataFrame, metric: str = "prediction_ms", *, log: boo
                 if pd.isna(value):
                     continue
                 y = i - 0.4 + height * (j + 0.5)
-                ax.barh(y, value, height=height * 0.92, color=color)
-                ax.annotate(_fmt(value), (value, y), xytext=(3, 0), textcoords="offset points",
-                            va="center", fontsize=7)
+                flagged = bool(busy.at[device, name]) if name in busy.columns and device in busy.index else False
+                ax.barh(y, value, height=height * 0.92, color=color, hatch="xx" if flagged else "",
+                        edgecolor="white" if flagged else None)
+                ax.annotate(_fmt(value) + (" (busy)" if flagged else ""), (value, y), xytext=(3, 0),
+                            textcoords="offset points", va="center", fontsize=7)
         ax.set_yticks(range(len(devices)), devices)
         ax.invert_yaxis()
         ax.set_xlabel(_METRIC_LABELS[metric])
@@ -533,6 +549,12 @@ def _nms_stages(row: Mapping[str, Any] | pd.Series) -> dict[str, dict[str, float
 _STAGE_COLORS = {"decoding": "0.72", "NMS": "0.35", "post-processing": "0.5"}
 
 
+def _split_label(row: Mapping[str, Any] | pd.Series) -> str:
+    """A run's short label; for a hardware row (column ``machine``) its device and machine too."""
+    machine = _get(row, "machine")
+    return short_label(row) + (f", {_device_label(row)} [{machine}]" if machine else "")
+
+
 def nms_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per run and path: the stage times (ms), their total and the share after the forward pass.
 
@@ -545,7 +567,7 @@ def nms_table(df: pd.DataFrame) -> pd.DataFrame:
     for _, row in df.iterrows():
         for path, stages in _nms_stages(row).items():
             total = float(sum(stages.values()))
-            rec: dict[str, Any] = {"run": short_label(row), "path": path, **stages, "total": total}
+            rec: dict[str, Any] = {"run": _split_label(row), "path": path, **stages, "total": total}
             rec["post-processing share"] = (total - stages["forward"]) / total if total > 0 else np.nan
             records.append(rec)
     return pd.DataFrame(records)
@@ -576,7 +598,7 @@ def nms_split(df: pd.DataFrame) -> Figure:
                 used.setdefault(stage if stage != "forward" else "forward pass", color if stage != "forward" else "0.85")
                 left += ms
             ax.annotate(f"{_fmt(left)} ms", (left, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
-        ax.set_yticks(range(len(bars)), [f"{short_label(r)}: {p}" for r, p, _ in bars])
+        ax.set_yticks(range(len(bars)), [f"{_split_label(r)}: {p}" for r, p, _ in bars])
         ax.invert_yaxis()
         ax.set_xlabel("time per image (ms, medians, batch 1)")
         ax.margins(x=0.12)

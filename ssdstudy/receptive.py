@@ -8,7 +8,7 @@ few default boxes of fixed sizes. What a cell can see is its receptive field:
   modules), dilations and padding count as the network computes them: the network is
   made linear and positive (every convolution averages its window, batch norm and
   L2 normalisation become identities, ReLUs pass everything, max pools average their
-  window) and the gradient of the centre cell is taken with respect to an input large
+  window; one channel per layer suffices) and the gradient of the centre cell is taken with respect to an input large
   enough that the field does not reach its border; the pixels with a non-zero
   gradient are the field. Its side is in input pixels.
 * **effective** (Luo et al., 2016, "Understanding the Effective Receptive Field in Deep
@@ -57,24 +57,32 @@ def _replace(module: nn.Module, kind: type | tuple[type, ...], make) -> None:
             _replace(child, kind, make)
 
 
+class _SupportConv(nn.Module):
+    """A convolution's window on the mean of its input channels, with equal positive
+    weights: one output channel whose support is the convolution's."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False)
+        nn.init.constant_(self.conv.weight, 1.0 / self.conv.weight.numel())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x.mean(dim=1, keepdim=True))
+
+
 def linearised(model: SSD) -> SSD:
     """A copy of ``model`` that computes a positive linear function of its input with
-    the same support as the network (see the module docstring), in float64."""
+    the same support as the network (see the module docstring), in float64. Every
+    channel of such a network would carry the same values, so each layer keeps one:
+    every convolution becomes a one-channel window on the mean of its inputs, and the
+    copy costs little at any input size."""
     from ssdstudy.model.vgg import L2Norm
 
-    lin = copy.deepcopy(model).double().eval()
+    lin = copy.deepcopy(model)
+    _replace(lin, nn.Conv2d, _SupportConv)
     _replace(lin, nn.MaxPool2d, lambda m: nn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode))
-    _replace(lin, (nn.ReLU, nn.ReLU6, L2Norm), lambda m: nn.Identity())
-    with torch.no_grad():
-        for m in lin.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.fill_(1.0 / (m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]))
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_parameters()  # running mean 0, variance 1, weight 1, bias 0
-                m.eps = 0.0
-    return lin
+    _replace(lin, (nn.ReLU, nn.ReLU6, L2Norm, nn.BatchNorm2d), lambda m: nn.Identity())
+    return lin.double().eval()
 
 
 def _centre_gradient(model: nn.Module, x: Tensor, index: int) -> Tensor:

@@ -7,8 +7,9 @@ a result file happens to be laid out.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,9 @@ from ssdstudy.runs import RESULTS, RunPaths
 
 SIZE_BIN_NAMES = ("0-5", "5-10", "10-20", "20-40", "40-60", "60-80", "80-100")
 AUGMENT_STEPS = ("photometric", "expand", "crop", "mirror")
-BACKBONE_LABELS = {"vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1"}
+BACKBONE_LABELS = {
+    "vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1", "squeezenet": "SqueezeNet 1.1",
+}
 
 
 def augment_label(augment: dict[str, Any]) -> str:
@@ -40,12 +43,29 @@ def mining_label(neg_pos_ratio: float | None) -> str:
     return "none" if neg_pos_ratio is None else f"{neg_pos_ratio:g}:1"
 
 
+def tiling_label(model: dict[str, Any]) -> str:
+    """The default boxes of a run's model: ``"own"`` (the backbone's, the original's), or
+    the paper's scale rule and the extra 38x38 map it asks for
+    (``"scales 0.1-0.9, ratios 2 3, 38x38 map"``)."""
+    parts = []
+    rule = model.get("priors")
+    if rule:
+        ratios = " ".join(f"{r:g}" for r in rule.get("aspect_ratios", []))
+        parts.append(f"scales {rule['min_scale']:g}-{rule['max_scale']:g}, ratios {ratios}")
+    if model.get("stride8_map"):
+        parts.append("38x38 map")
+    return ", ".join(parts) or "own"
+
+
 def run_label(config: dict[str, Any]) -> str:
     model = config["model"]
     name = BACKBONE_LABELS.get(model["backbone"], model["backbone"])
-    if model["backbone"] == "mobilenet_v1" and model.get("width", 1.0) != 1.0:
+    if model.get("width", 1.0) != 1.0:
         name += f" x{model['width']:g}"
-    return f"{name}, aug {augment_label(config['augment'])}, mining {mining_label(config['loss']['neg_pos_ratio'])}"
+    tiling = tiling_label(model)
+    boxes = f", boxes {tiling}" if tiling != "own" else ""
+    return (f"{name}, aug {augment_label(config['augment'])}, mining {mining_label(config['loss']['neg_pos_ratio'])}"
+            f"{boxes}")
 
 
 def _read_json(path: Path) -> Any:
@@ -54,6 +74,35 @@ def _read_json(path: Path) -> Any:
 
 def _nan(x: Any) -> float:
     return float("nan") if x is None else float(x)
+
+
+def timing_columns(t: dict[str, Any]) -> dict[str, Any]:
+    """Table columns of one timing entry (a ``timing.json`` value, a hardware file's
+    ``timing``): medians and interquartile ranges, the stages of post-processing, the
+    boxes entering NMS, and whether the machine was busy (the entry's own flag; for
+    files written before the flag, the spread half of :data:`ssdstudy.timing.BUSY_RULE`)."""
+    from ssdstudy.timing import busy_reasons
+
+    stages = t.get("stages_ms") or {}
+    reasons = t.get("busy_reasons")
+    if reasons is None:
+        reasons = busy_reasons(t)
+    return {
+        "inference_ms": _nan((t.get("inference_ms") or {}).get("median")),
+        "inference_ms_iqr": _nan((t.get("inference_ms") or {}).get("iqr")),
+        "prediction_ms": _nan((t.get("prediction_ms") or {}).get("median")),
+        "prediction_ms_iqr": _nan((t.get("prediction_ms") or {}).get("iqr")),
+        "reference_prediction_ms": _nan((t.get("reference_prediction_ms") or {}).get("median")),
+        "forward_ms": _nan(stages.get("forward")),
+        "postprocess_ms": _nan(stages.get("postprocess")),
+        "decode_ms": _nan(stages.get("decode")),
+        "nms_ms": _nan(stages.get("nms")),
+        "reference_decode_ms": _nan(stages.get("reference_decode")),
+        "reference_nms_ms": _nan(stages.get("reference_nms")),
+        "nms_candidates": _nan(t.get("nms_candidates")),
+        "busy": bool(t.get("busy", bool(reasons))),
+        "busy_reason": "; ".join(reasons),
+    }
 
 
 def run_row(paths: RunPaths) -> dict[str, Any]:
@@ -74,6 +123,7 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
         "augment": augment_label(config["augment"]),
         "mining": mining_label(config["loss"]["neg_pos_ratio"]),
         "neg_pos_ratio": config["loss"]["neg_pos_ratio"],
+        "tiling": tiling_label(config["model"]),
         "image_size": config["model"]["image_size"],
         "seed": int(config["train"].get("seed", 0)),
         "epochs": int(history["epoch"].max()) if len(history) else 0,
@@ -84,13 +134,8 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
         "voc07_map_high": _nan((metrics.get("voc07_map_interval") or [None, None])[1]),
         "coco_ap": _nan((metrics.get("coco") or {}).get("AP")),
         "coco_ap50": _nan((metrics.get("coco") or {}).get("AP50")),
-        "inference_ms": _nan(cpu.get("inference_ms", {}).get("median")),
-        "inference_ms_iqr": _nan(cpu.get("inference_ms", {}).get("iqr")),
-        "prediction_ms": _nan(cpu.get("prediction_ms", {}).get("median")),
-        "prediction_ms_iqr": _nan(cpu.get("prediction_ms", {}).get("iqr")),
-        "reference_prediction_ms": _nan(cpu.get("reference_prediction_ms", {}).get("median")),
-        "forward_ms": _nan(cpu.get("stages_ms", {}).get("forward")),
-        "postprocess_ms": _nan(cpu.get("stages_ms", {}).get("postprocess")),
+        **timing_columns(cpu),
+        "weights": "trained (the run's own)",
         "epoch_seconds": float(history["epoch_seconds"].median()) if len(history) else float("nan"),
         "epoch_seconds_iqr": (float(history["epoch_seconds"].quantile(0.75) - history["epoch_seconds"].quantile(0.25))
                               if len(history) > 1 else float("nan")),
@@ -144,14 +189,14 @@ def hardware_rows(data: dict[str, Any], source: str) -> list[dict[str, Any]]:
             "variant": entry.get("backbone"),
             "width": entry.get("width", 1.0),
             "image_size": entry.get("image_size"),
-            "inference_ms": _nan(t.get("inference_ms", {}).get("median")),
-            "inference_ms_iqr": _nan(t.get("inference_ms", {}).get("iqr")),
-            "prediction_ms": _nan(t.get("prediction_ms", {}).get("median")),
-            "prediction_ms_iqr": _nan(t.get("prediction_ms", {}).get("iqr")),
-            "reference_prediction_ms": _nan((t.get("reference_prediction_ms") or {}).get("median")),
+            **timing_columns(t),
             "epoch_seconds": _nan(entry.get("epoch_seconds")),
             "images_per_s_train": _nan(entry.get("train_images_per_s")),
+            "train_busy": bool(entry.get("train_busy", False)),
+            "train_busy_reason": "; ".join(entry.get("train_busy_reasons") or []),
             "weights": entry.get("weights", "not recorded"),
+            # untrained weights put (nearly) every default box into NMS: its worst case
+            "trained": entry.get("trained", str(entry.get("weights", "")).startswith("trained")),
             "profile": data.get("profile"),
             "source": source,
         })
@@ -161,9 +206,10 @@ def hardware_rows(data: dict[str, Any], source: str) -> list[dict[str, Any]]:
 def load_hardware(profile: str | None = None, run_ids: Iterable[str] | None = None,
                   results: Path | None = None) -> pd.DataFrame:
     """Every hardware measurement: ``results/hardware/*.json`` (for ``profile``, only the
-    entries measured at its input size), plus, for ``profile``, the timings of its own
-    runs (``run_ids`` only, when given) on the machine that ran
-    the study. A run's time per epoch is given on the device it was trained on only."""
+    files of that profile and their entries measured at its input size), plus, for
+    ``profile``, the timings of its own runs (``run_ids`` only, when given) on the machine
+    that ran the study. A run's time per epoch is given on the device it was trained on
+    only."""
     base = results or RESULTS
     rows: list[dict[str, Any]] = []
     hw = base / "hardware"
@@ -173,9 +219,12 @@ def load_hardware(profile: str | None = None, run_ids: Iterable[str] | None = No
 
         size = load_profile(profile).model.image_size
     for path in sorted(hw.glob("*.json")) if hw.is_dir() else []:
-        # only files measured at the profile's input size are comparable with its runs
-        rows.extend(r for r in hardware_rows(_read_json(path), path.name)
-                    if size is None or r.get("image_size") == size)
+        data = _read_json(path)
+        # only files of the profile (its classes, hence its heads and its NMS) measured at
+        # its input size are comparable with its runs
+        if profile is not None and data.get("profile") != profile:
+            continue
+        rows.extend(r for r in hardware_rows(data, path.name) if size is None or r.get("image_size") == size)
     wanted = None if run_ids is None else set(run_ids)
     for paths in run_paths(profile, results) if profile is not None else []:
         if not paths.complete() or (wanted is not None and paths.root.name not in wanted):
@@ -190,18 +239,72 @@ def load_hardware(profile: str | None = None, run_ids: Iterable[str] | None = No
                 "threads": t.get("threads"), "backbone": backbone_family(config["model"]["backbone"]),
                 "variant": config["model"]["backbone"],
                 "width": config["model"]["width"], "image_size": config["model"]["image_size"],
-                "inference_ms": _nan(t["inference_ms"]["median"]),
-                "inference_ms_iqr": _nan(t["inference_ms"].get("iqr")),
-                "prediction_ms": _nan(t["prediction_ms"]["median"]),
-                "prediction_ms_iqr": _nan(t["prediction_ms"].get("iqr")),
-                "reference_prediction_ms": _nan((t.get("reference_prediction_ms") or {}).get("median")),
+                **timing_columns(t),
                 "epoch_seconds": float(history["epoch_seconds"].median()) if on_training_device else np.nan,
                 "images_per_s_train": float(history["images_per_s"].median()) if on_training_device else np.nan,
+                "train_busy": False,
                 "weights": "trained (the run's own)",
+                "trained": True,
                 "profile": profile,
                 "source": f"{profile}/{paths.root.name}",
             })
     return pd.DataFrame(rows)
+
+
+def _entry_label(row: pd.Series) -> str:
+    name = BACKBONE_LABELS.get(str(row.get("variant") or row.get("backbone")), str(row.get("backbone")))
+    width = row.get("width")
+    if width is not None and not pd.isna(width) and float(width) != 1.0:
+        name += f" x{float(width):g}"
+    device = str(row.get("device_name") or row.get("device") or "device")
+    threads = row.get("threads")
+    if row.get("device") == "cpu" and threads is not None and not pd.isna(threads):
+        device += f" ({int(threads)} threads)"
+    where = ", ".join(str(x) for x in dict.fromkeys((row.get("machine"), row.get("source"))) if x and not pd.isna(x))
+    return f"{name} on {device}" + (f" [{where}]" if where else "")
+
+
+def timing_notes(frame: pd.DataFrame) -> str:
+    """The notes a chapter prints beside its timings (rows of :func:`load_hardware` or
+    :func:`load_runs`): whose weights were timed, and, by name, every measurement
+    flagged busy (:data:`ssdstudy.timing.BUSY_RULE`), which the claims do not test.
+    Empty for an empty frame."""
+    if frame is None or frame.empty:
+        return ""
+    from ssdstudy.timing import BUSY_RULE
+
+    lines = []
+    weights = frame["weights"] if "weights" in frame.columns else pd.Series("not recorded", index=frame.index)
+    where = frame["machine"] if "machine" in frame.columns else pd.Series("study machine", index=frame.index)
+    said = {}
+    for w, m in zip(weights.fillna("not recorded"), where.fillna("?")):
+        said.setdefault(str(m), []).append(str(w))
+    parts = [f"{m}: " + "; ".join(dict.fromkeys(ws)) for m, ws in said.items()]
+    lines.append(":::{note}\nWeights timed: " + " | ".join(parts) + ".")
+    trained = frame["trained"] if "trained" in frame.columns else weights.astype(str).str.startswith("trained")
+    untrained = frame[~trained.fillna(False).astype(bool)]
+    if len(untrained):
+        boxes = untrained["nms_candidates"].dropna() if "nms_candidates" in untrained.columns else pd.Series([])
+        many = f" ({boxes.median():,.0f} boxes per image entered NMS)" if len(boxes) else ""
+        lines.append("Untrained weights score nearly every default box above the threshold" + many
+                     + ", so their post-processing and prediction times are a worst case, an upper bound "
+                     "of a trained model's; their inference times are unaffected.")
+    lines.append(":::")
+    busy = frame[frame["busy"].fillna(False).astype(bool)] if "busy" in frame.columns else frame.iloc[:0]
+    train = (frame[frame["train_busy"].fillna(False).astype(bool)] if "train_busy" in frame.columns
+             else frame.iloc[:0])
+    if len(busy) or len(train):
+        lines.append("")
+        lines.append(":::{warning}\nMeasured on a busy machine (" + BUSY_RULE.removeprefix("busy: ")
+                     + "). The claims do not test the inference and prediction times listed here:\n")
+        for _, row in busy.iterrows():
+            reason = row.get("busy_reason") or "flagged in its file"
+            lines.append(f"- {_entry_label(row)}: {reason}")
+        for _, row in train.iterrows():
+            reason = row.get("train_busy_reason") or "flagged in its file"
+            lines.append(f"- {_entry_label(row)}, training speed: {reason}")
+        lines.append(":::")
+    return "\n".join(lines)
 
 
 #: What makes runs the same setting apart from their seed.

@@ -258,3 +258,63 @@ def test_verdicts_as_plain_data():
     assert data["claim"] == 4 and data["status"] == "supported"
     assert data["checks"] == [{"statement": "a", "outcome": "holds", "detail": ""},
                               {"statement": "d", "outcome": "cannot test", "detail": ""}]
+
+
+# --- timings measured on a busy machine ----------------------------------------------------
+BUSY = {"busy": True, "busy_reason": "other processes kept 1.9 of 2 CPUs busy while 2 threads were timed"}
+
+
+def test_a_timing_measured_on_a_busy_machine_cannot_be_tested():
+    """Not "too close to call": a busy machine shifts a timing rather than widening its
+    noise (275 ms against 14 ms once), so the check says nothing either way."""
+    df = frame(row("vgg16", mAP=0.7, ms=10), row("mobilenet_v1", mAP=0.6, ms=275, **BUSY))
+    verdict = claims.claim_backbone(df)
+    check = verdict.checks[1]
+    assert check.outcome == "cannot test" and "busy machine" in check.detail and "1.9 of 2 CPUs" in check.detail
+    assert verdict.status == "supported" and verdict.scope.startswith("not tested: VGG16-SSD takes longer")
+    # claim 4: one device's pair busy, the other quiet
+    hw = frame(hw_row("cpu", "Xeon", "vgg16", 100, threads=2), hw_row("cpu", "Xeon", "mobilenet_v1", 400, threads=2, **BUSY),
+               hw_row("cpu", "Xeon", "vgg16", 100, threads=1), hw_row("cpu", "Xeon", "mobilenet_v1", 20, threads=1))
+    outcomes = {c.statement: c.outcome for c in claims.claim_gpu_cpu(hw).checks}
+    assert outcomes["on Xeon (2 threads), MobileNetV1-SSD's inference is faster"] == "cannot test"
+    assert outcomes["on Xeon (1 threads), MobileNetV1-SSD's inference is faster"] == "holds"
+    # claim 3: a width timed on a busy machine
+    df = frame(row("mobilenet_v1", mAP=0.6, ms=30), row("mobilenet_v1", width=0.5, mAP=0.3, ms=25, **BUSY))
+    assert claims.claim_width(df).checks[0].outcome == "cannot test"
+    # claim 5: the reference loop's share
+    df = frame(row("vgg16", ms=100, forward_ms=80, reference_prediction_ms=400, **BUSY))
+    assert claims.claim_nms(df).checks[0].outcome == "cannot test"
+    # claim 6: prediction time with and without mining
+    df = frame(row("vgg16", mAP=0.6, ms=100), row("vgg16", mining="none", mAP=0.5, ms=120, **BUSY))
+    check = next(c for c in claims.claim_mining(df).checks if "VGG16's prediction" in c.statement)
+    assert check.outcome == "cannot test"
+
+
+def test_a_busy_flag_leaves_training_time_checks_alone():
+    """Epoch times come from training histories, not from the flagged timing."""
+    df = frame(row("vgg16", epoch_seconds=100, **BUSY), row("vgg16", augment="none", epoch_seconds=80, **BUSY))
+    check = next(c for c in claims.claim_augmentation(df).checks if "epoch of VGG16" in c.statement)
+    assert check.outcome == "holds"
+
+
+def test_two_machines_with_the_same_device_are_compared_apart():
+    hw = frame(hw_row("cpu", "Xeon", "vgg16", 100, threads=2, machine="study machine"),
+               hw_row("cpu", "Xeon", "mobilenet_v1", 20, threads=2, machine="study machine"),
+               hw_row("cpu", "Xeon", "vgg16", 100, threads=2, machine="laptop"),
+               hw_row("cpu", "Xeon", "mobilenet_v1", 400, threads=2, machine="laptop", **BUSY))
+    outcomes = {c.statement: c.outcome for c in claims.claim_gpu_cpu(hw).checks}
+    assert outcomes["on Xeon (2 threads) of study machine, MobileNetV1-SSD's inference is faster"] == "holds"
+    assert outcomes["on Xeon (2 threads) of laptop, MobileNetV1-SSD's inference is faster"] == "cannot test"
+
+
+def test_claim_5_with_untrained_weights_only_fails():
+    """Untrained weights send every default box into NMS: the share after the forward pass
+    is an upper bound, so a share under half fails and one over half says nothing."""
+    over = frame(hw_row("cuda", "H100", "vgg16", 5, trained=False))  # reference 15 ms: 67 % after the forward pass
+    check = claims.claim_nms(pd.DataFrame(), over).checks[0]
+    assert check.outcome == "cannot test" and "upper bound" in check.detail and "untrained" in check.statement
+    under = frame(hw_row("cuda", "H100", "vgg16", 5, trained=False, reference_prediction_ms=6.0))
+    check = claims.claim_nms(pd.DataFrame(), under).checks[0]
+    assert check.outcome == "fails" and "upper bound" in check.detail
+    trained = frame(hw_row("cuda", "H100", "vgg16", 5, trained=True))
+    assert claims.claim_nms(pd.DataFrame(), trained).checks[0].outcome == "holds"

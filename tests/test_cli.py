@@ -204,7 +204,7 @@ def test_detect_unreadable_image(trained, tmp_path):
 def test_bench_writes_a_hardware_file_with_each_backbones_training_set(tmp_path, tiny_synth, monkeypatch):
     """`ssdstudy bench` times each backbone and derives its epoch time from the training
     images that backbone's runs use (the profile's study.backbones layer included)."""
-    from ssdstudy import config
+    from ssdstudy import config, study
 
     profiles = tmp_path / "parameters" / "profiles"
     profiles.mkdir(parents=True)
@@ -216,6 +216,7 @@ def test_bench_writes_a_hardware_file_with_each_backbones_training_set(tmp_path,
         "timing: {images: 2, warmup: 1, throughput_batch: 2, devices: [cpu]}\n"
     )
     monkeypatch.setattr(config, "PARAMETERS", tmp_path / "parameters")
+    monkeypatch.setattr(study, "PARAMETERS", tmp_path / "parameters")
     out = tmp_path / "machine.json"
     assert main(["bench", "--profile", "benchtest", "--devices", "cpu", "--train-steps", "1",
                  "--width", "0.25", "--machine", "test-box", "--out", str(out)]) == 0
@@ -237,3 +238,61 @@ def test_study_run_of_a_run_not_in_the_plan_is_one_line(capsys):
     assert main(["study", "run", "--profile", "smoke", "--runs", "0123456789ab"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "smoke.yaml: no run 0123456789ab" in err
+
+
+def test_bench_times_the_profiles_trained_model_when_its_checkpoint_is_here(tmp_path, tiny_synth, monkeypatch):
+    """`ssdstudy bench` times the profile's run of a backbone from its checkpoint; without
+    the checkpoint (published runs carry none) random weights, and the file says which."""
+    from ssdstudy import config, study
+    from ssdstudy.model import build_model
+    from ssdstudy.workspace import Workspace
+
+    params = tmp_path / "parameters"
+    (params / "profiles").mkdir(parents=True)
+    (params / "experiments").mkdir()
+    (params / "profiles" / "benchtest.yaml").write_text(
+        "study: {experiments: [hardware]}\n"
+        f"data: {{root: {tiny_synth}, synth: null}}\n"
+        "model: {image_size: 96}\n"
+        "train: {batch_size: 4, device: cpu}\n"
+        "timing: {images: 2, warmup: 0, throughput_batch: 2, devices: [cpu]}\n"
+    )
+    (params / "experiments" / "hardware.yaml").write_text(
+        "experiment: {title: Hardware}\nruns:\n  - model: {backbone: mobilenet_v1, width: 0.25}\n")
+    monkeypatch.setattr(config, "PARAMETERS", params)
+    monkeypatch.setattr(study, "PARAMETERS", params)
+    cfg = study.read_experiment("hardware", config.read_profile("benchtest")).runs[0]
+    run_dir = tmp_path / "results" / "benchtest" / "runs" / cfg.run_id
+    run_dir.mkdir(parents=True)
+    # a "trained" model that is sure every box is background: nothing enters NMS
+    classes = Workspace(cfg).class_names
+    model = build_model("mobilenet_v1", len(classes) + 1, width=0.25, image_size=96)
+    with torch.no_grad():
+        for head in model.cls_heads:
+            head.weight.zero_()
+            head.bias.fill_(-20.0)
+            head.bias[:: len(classes) + 1] = 20.0
+    torch.save({"config": cfg.to_dict(), "model": model.state_dict(), "class_names": list(classes)},
+               run_dir / "checkpoint.pt")
+
+    def bench(out):
+        assert main(["bench", "--profile", "benchtest", "--backbones", "mobilenet_v1", "--width", "0.25",
+                     "--devices", "cpu", "--threads", "1", "--train-steps", "0", "--results", str(tmp_path / "results"),
+                     "--out", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["profile"] == "benchtest" and result["image_size"] == 96 and "busy" in result["busy_rule"]
+        (entry,) = result["entries"]
+        assert entry["run_id"] == cfg.run_id and entry["image_size"] == 96
+        assert {"busy", "busy_reasons", "load"} <= set(entry["timing"])
+        return entry
+
+    trained = bench(tmp_path / "trained.json")
+    assert trained["weights"] == f"trained (run {cfg.run_id})" and trained["trained"] is True
+    assert trained["timing"]["nms_candidates"] == 0 and trained["timing"]["detections"] == 0
+    assert "postprocess_worst_case" not in trained
+
+    (run_dir / "checkpoint.pt").unlink()
+    random = bench(tmp_path / "random.json")
+    assert random["weights"] == f"random (no checkpoint of run {cfg.run_id} here)"
+    assert random["trained"] is False and random["postprocess_worst_case"] is True
+    assert random["timing"]["nms_candidates"] > 0

@@ -367,3 +367,16 @@ def test_device_times_chooses_a_log_axis_for_wide_ranges(hardware):
     wide = hardware.assign(inference_ms=np.where(hardware.device == "cuda", 0.5, 400.0))
     assert plots.device_times(wide, "inference_ms").axes[0].get_xscale() == "log"
     assert plots.device_times(wide, "inference_ms", log=False).axes[0].get_xscale() == "linear"
+
+
+def test_device_times_keeps_machines_apart_and_marks_busy_bars(hardware):
+    other = hardware.assign(machine="laptop", prediction_ms=hardware.prediction_ms * 10,
+                            busy=hardware.backbone == "vgg16")
+    fig = plots.device_times(pd.concat([hardware.assign(busy=False), other]), "prediction_ms")
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert "Xeon (2 threads) [m]" in labels and "Xeon (2 threads) [laptop]" in labels
+    assert n_bars(ax) == 12  # never averaged across machines
+    notes = [t.get_text() for t in ax.texts if t.get_text().endswith("(busy)")]
+    assert len(notes) == 3  # VGG16 on each of the laptop's devices
+    renders(fig)
