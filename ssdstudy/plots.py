@@ -188,6 +188,9 @@ def short_label(row: Mapping[str, Any] | pd.Series) -> str:
         parts.append("no mining")
     elif mining != "3:1":
         parts.append(f"mining {mining}")
+    tiling = _get(row, "tiling", "own")
+    if tiling not in ("own", None) and not pd.isna(tiling):
+        parts.append(f"boxes {tiling}")
     return ", ".join(parts)
 
 
@@ -442,6 +445,38 @@ def size_bins(df: pd.DataFrame) -> Figure:
         handles = [Patch(facecolor=c, hatch=_hatch(_get(r, "augment", "all")), edgecolor="white", label=lab)
                    for c, lab, (_, r) in zip(colors, labels, rows.iterrows())]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def receptive_fields(fields: pd.DataFrame) -> Figure:
+    """Receptive fields against default boxes, one panel per model: per source map, the
+    theoretical field (circle), the effective field (diamond, where measured) and the
+    span of its default boxes from the small square to the longest side (bar, the big
+    square marked); sides in input pixels, on a log scale, the input's side dashed."""
+    with _style():
+        models = list(dict.fromkeys(fields["label"])) if len(fields) else []
+        fig, axes = _figure(1, max(1, len(models)), figsize=(3.2 * max(1, len(models)), 3.6), sharey=True)
+        if not models:
+            _empty(axes[0, 0], "no fields to plot")
+            return fig
+        for ax, model in zip(axes[0], models, strict=True):
+            rows = fields[fields["label"] == model].reset_index(drop=True)
+            x = np.arange(len(rows))
+            ax.vlines(x, rows["box_smallest"], rows["box_longest"], color="0.55", lw=6, alpha=0.6,
+                      label="default boxes")
+            ax.plot(x, rows["box_square"], "_", color="0.2", ms=12)
+            ax.plot(x, rows["theoretical"], "o", color=_PALETTE[0], label="theoretical field")
+            if "effective" in rows and rows["effective"].notna().any():
+                ax.plot(x, rows["effective"], "D", color=_PALETTE[1], label="effective field")
+            size = rows.get("image_size")
+            if size is not None and size.notna().any():
+                ax.axhline(float(size.iloc[0]), color="0.3", ls="--", lw=0.8)
+            ax.set_xticks(x, [f"{int(m)}x{int(m)}" for m in rows["map_size"]], rotation=45)
+            ax.set_yscale("log")
+            ax.set_title(model, fontsize=9)
+            ax.set_xlabel("source map")
+        axes[0, 0].set_ylabel("side (input pixels)")
+        axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 

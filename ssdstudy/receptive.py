@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -183,7 +184,8 @@ def field_table(model: SSD, images: Iterable[Tensor] | None = None):
     effective = effective_fields(model, images) if images is not None else None
     rows = []
     for k, (size, side, boxes) in enumerate(zip(model.feature_map_sizes, theory, box_sides(model), strict=True)):
-        row = {"map": k, "map_size": size, "theoretical": side, **{f"box_{n}": v for n, v in boxes.items()}}
+        row = {"map": k, "map_size": size, "image_size": model.image_size, "theoretical": side,
+               **{f"box_{n}": v for n, v in boxes.items()}}
         if effective is not None:
             row["effective"] = effective[k]["side"]
             row["images"] = effective[k]["images"]
@@ -191,5 +193,116 @@ def field_table(model: SSD, images: Iterable[Tensor] | None = None):
     return pd.DataFrame(rows)
 
 
-__all__ = ["EFFECTIVE_MASS", "box_sides", "effective_fields", "feature_maps", "field_table", "linearised",
-           "theoretical_fields"]
+#: Test images averaged for an effective field.
+EFFECTIVE_IMAGES = 50
+
+
+def study_fields(profile: str, results: Path | None = None, *, images: int = EFFECTIVE_IMAGES):
+    """The fields of each baseline of ``profile`` (the backbone experiment's runs with
+    augmentation and 3:1 mining; the width experiment's too where trained), one row per
+    source map:
+    theoretical always, effective where the run's checkpoint is on this machine (the
+    checkpoints are not published: ``ssdstudy fields`` writes the effective fields of
+    the machine that trained the runs into :func:`fields_path`)."""
+    import pandas as pd
+
+    from ssdstudy.augment import build_transform
+    from ssdstudy.config import read_profile
+    from ssdstudy.data import DetectionDataset
+    from ssdstudy.model import build_from_config
+    from ssdstudy.pipeline import load_model
+    from ssdstudy.results import run_label
+    from ssdstudy.runs import RESULTS
+    from ssdstudy.study import read_experiment
+    from ssdstudy.workspace import Workspace
+
+    prof = read_profile(profile)
+    configs = {}
+    for name in ("backbone", "width"):
+        if name in prof.study.experiments:
+            for cfg in read_experiment(name, prof).runs:
+                if cfg.augment.enabled and cfg.loss.neg_pos_ratio == 3:
+                    configs.setdefault(cfg.run_id, (name, cfg))
+    frames = []
+    for run_id, (name, cfg) in configs.items():
+        checkpoint = (results or RESULTS) / profile / "runs" / run_id / "checkpoint.pt"
+        trained = checkpoint.is_file() and images > 0
+        if name == "width" and not trained:
+            continue  # a width changes no field, only what training makes of it
+        if trained:
+            model, _, _ = load_model(checkpoint)
+            records = Workspace(cfg, progress=False).test_records[:images]
+            dataset = DetectionDataset(records, build_transform(False, cfg.model.image_size, model.mean, model.std))
+            table = field_table(model, [dataset[i][0] for i in range(len(dataset))])
+        else:
+            table = field_table(build_from_config(cfg.model, num_classes=2))
+        table.insert(0, "label", run_label(cfg.to_dict()).split(",")[0])
+        table.insert(0, "run_id", run_id)
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def disagreements(fields) -> str:
+    """Sentences naming, per model, the maps whose fields and boxes disagree: a field
+    smaller than the map's longest default box (the cell cannot see the whole object its
+    box stands for), and a theoretical field more than twice the input (the cell's
+    window reaches far past the image: only its centre counts)."""
+    if fields is None or len(fields) == 0:
+        return "No fields to compare."
+    lines = []
+    for model, rows in fields.groupby("label", sort=False):
+        notes = []
+        for _, r in rows.iterrows():
+            name = f"{int(r['map_size'])}x{int(r['map_size'])}"
+            if r["theoretical"] < r["box_longest"]:
+                notes.append(f"on the {name} map the theoretical field ({r['theoretical']:.0f} px) is smaller "
+                             f"than the longest default box ({r['box_longest']:.0f} px)")
+            effective = r.get("effective")
+            if effective is not None and effective == effective and effective < r["box_longest"]:
+                notes.append(f"on the {name} map the effective field ({effective:.0f} px) is smaller than the "
+                             f"longest default box ({r['box_longest']:.0f} px)")
+        wide = [f"{int(r['map_size'])}x{int(r['map_size'])}" for _, r in rows.iterrows()
+                if r["theoretical"] > 2 * r.get("image_size", r["theoretical"])]
+        if wide:
+            notes.append(f"the theoretical fields of the {', '.join(wide)} maps are more than twice the input's side")
+        lines.append(f"- **{model}**: " + ("; ".join(notes) if notes else "every field covers its boxes") + ".")
+    return "\n".join(lines)
+
+
+def fields_path(profile: str, results: Path | None = None) -> Path:
+    """Where a profile's fields are published: ``results/<profile>/receptive-fields.json``."""
+    from ssdstudy.runs import RESULTS
+
+    return (results or RESULTS) / profile / "receptive-fields.json"
+
+
+def write_fields(profile: str, results: Path | None = None, *, images: int = EFFECTIVE_IMAGES) -> Path:
+    """Compute :func:`study_fields` here and publish them with their provenance."""
+    from ssdstudy import provenance
+
+    table = study_fields(profile, results, images=images)
+    path = fields_path(profile, results)
+    provenance.write_json(path, {
+        "what": "receptive fields of the source maps of each baseline (ssdstudy.receptive)",
+        "effective_images": images, "effective_mass": EFFECTIVE_MASS,
+        "git": provenance.git_state(), "machine": provenance.cpu_name(),
+        "rows": table.to_dict(orient="records"),
+    })
+    return path
+
+
+def load_fields(profile: str, results: Path | None = None):
+    """The published fields of ``profile`` (:func:`write_fields`), else the theoretical
+    ones computed now (no effective field without the trained checkpoints)."""
+    import json
+
+    import pandas as pd
+
+    path = fields_path(profile, results)
+    if path.is_file():
+        return pd.DataFrame(json.loads(path.read_text())["rows"])
+    return study_fields(profile, results, images=0)
+
+
+__all__ = ["EFFECTIVE_IMAGES", "EFFECTIVE_MASS", "disagreements", "box_sides", "effective_fields", "feature_maps", "field_table", "linearised",
+           "fields_path", "load_fields", "study_fields", "theoretical_fields", "write_fields"]

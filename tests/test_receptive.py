@@ -81,3 +81,18 @@ def test_box_sides_and_the_table():
     table = field_table(model)
     assert list(table["map_size"]) == [19, 10, 5, 3, 2, 1]
     assert (table["theoretical"] > table["box_longest"]).all()
+
+
+def test_the_study_fields_and_where_they_disagree_with_the_boxes(tmp_path):
+    from ssdstudy.plots import receptive_fields
+    from ssdstudy.receptive import disagreements, load_fields
+
+    fields = load_fields("smoke", results=tmp_path)  # nothing trained: theoretical fields only
+    assert list(dict.fromkeys(fields["label"])) == ["VGG16", "MobileNetV1", "SqueezeNet 1.1"]
+    assert "effective" not in fields.columns
+    text = disagreements(fields)
+    assert "**VGG16**: the theoretical fields of the 8x8, 4x4, 2x2, 2x2, 2x2 maps are more than twice" in text
+    small = fields.iloc[:1].assign(theoretical=10.0, effective=5.0)
+    assert "theoretical field (10 px) is smaller than the longest default box (18 px)" in disagreements(small)
+    assert "effective field (5 px)" in disagreements(small)
+    assert len(receptive_fields(fields).axes) == 3
