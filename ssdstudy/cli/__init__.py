@@ -16,7 +16,7 @@ from pathlib import Path
 from ssdstudy.errors import UserError
 
 #: Sub-command modules, in the order ``--help`` lists them.
-GROUPS = ("data", "train", "evaluate", "bench", "detect", "study")
+GROUPS = ("data", "train", "evaluate", "bench", "detect", "export", "study")
 
 
 def _project_option(parser: argparse.ArgumentParser) -> None:
