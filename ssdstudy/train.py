@@ -186,6 +186,9 @@ class Trainer:
     def restore(self) -> bool:
         """Load the last checkpoint of this run, if there is one; True when loaded."""
         if not self.paths.checkpoint.is_file():
+            if distributed.is_main():
+                # a kill between the history and the checkpoint of the first epoch left a row
+                _truncate_history(self.paths.history, 0)
             return False
         state = torch.load(self.paths.checkpoint, map_location=self.device, weights_only=True)
         if state.get("run_id") != self.config.run_id:

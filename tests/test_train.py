@@ -209,3 +209,15 @@ def test_playground_trains_a_quick_model_when_a_run_has_no_checkpoint(tiny_run_y
     stamp = checkpoint.stat().st_mtime_ns
     assert quick_checkpoint(run.root, epochs=1, results=tmp_path / "results", progress=False) == checkpoint
     assert checkpoint.stat().st_mtime_ns == stamp  # found again, not trained again
+
+
+def test_a_history_row_without_a_checkpoint_is_dropped_on_resume(tiny_run_yaml, tmp_path):
+    """Killed between the first epoch's history row and its checkpoint: the resumed run
+    trains that epoch again and writes its row once."""
+    config = load_run_config(tiny_run_yaml)
+    config.train.epochs = 1
+    first = Trainer(config, RunPaths(tmp_path / "run"), progress=False)
+    first.fit(resume=False)
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    Trainer(config, RunPaths(tmp_path / "run"), progress=False).fit(resume=True)
+    assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [1]

@@ -1,8 +1,15 @@
-"""``ssdstudy train PARAMS.yaml``: train, evaluate and time one run."""
+"""``ssdstudy train PARAMS.yaml``: train, evaluate and time one run.
+
+``torchrun --nproc-per-node N -m ssdstudy train PARAMS.yaml`` trains the same run on N
+processes (see :mod:`ssdstudy.distributed`): the first checks and locks the run's
+folder, writes its files and scores it; the run id and the folder are those of the
+single-process run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from ssdstudy.errors import UserError
@@ -14,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train the run described by PARAMS.yaml (a RunConfig, optionally with "
         "'profile: NAME' to build on a profile), then evaluate and time it. Results go to "
         "results/<profile>/runs/<run id>/ unless --run-dir is given. A checkpoint is written "
-        "every epoch; Ctrl-C keeps the last one and --resume continues from it.",
+        "every epoch; Ctrl-C keeps the last one and --resume continues from it. "
+        "Under torchrun (torchrun --nproc-per-node N -m ssdstudy train ...) the run is trained "
+        "on N processes (DistributedDataParallel; NCCL on CUDA, gloo on the CPU) with the same "
+        "global batch, in the same folder.",
     )
     p.add_argument("params", help="parameter file (YAML)")
     p.add_argument("--run-dir", help="where the run's files go")
@@ -32,31 +42,53 @@ def run(args: argparse.Namespace) -> int:
     from ssdstudy.train import flush_denormals
 
     flush_denormals()  # before anything starts torch's threads
+    from ssdstudy import distributed
     from ssdstudy.config import load_run_config
-    from ssdstudy.pipeline import execute_run
     from ssdstudy.runs import RESULTS, RunPaths
 
     config = load_run_config(args.params)
     if args.device:
         config.train.device = args.device
     paths = RunPaths(Path(args.run_dir) if args.run_dir else RESULTS / args.profile / "runs" / config.run_id)
-    other = _run_in(paths)
-    if other is not None and other != config.run_id and not args.restart:
-        # checked before anything is written: the folder's files keep describing its run
-        raise UserError(f"{paths.root}: holds run {other}, not {config.run_id} (other parameters); "
-                        "choose another --run-dir, or --restart to replace that run's files")
-    if paths.checkpoint.exists() and not (args.resume or args.restart):
-        raise UserError(f"{paths.root}: this run has a checkpoint; pass --resume to continue it or --restart")
-    with paths.locked() as holder:
-        if holder is not None:
-            raise UserError(f"{paths.root}: another process is computing this run now ({holder})")
-        if args.restart:
-            paths.clear()  # the run's own files only: anything else in the folder stays
+    with distributed.process_group(config.train.device):  # started by torchrun: join the others
+        return _train(args, config, paths)
+
+
+def _train(args: argparse.Namespace, config, paths) -> int:
+    from ssdstudy import distributed
+    from ssdstudy.pipeline import execute_run
+
+    with contextlib.ExitStack() as held:
+
+        def prepare() -> None:
+            """The checks, the lock and --restart: by the first process alone (the only
+            one that writes), before any process starts training."""
+            other = _run_in(paths)
+            if other is not None and other != config.run_id and not args.restart:
+                # checked before anything is written: the folder's files keep describing its run
+                raise UserError(f"{paths.root}: holds run {other}, not {config.run_id} (other parameters); "
+                                "choose another --run-dir, or --restart to replace that run's files")
+            if paths.checkpoint.exists() and not (args.resume or args.restart):
+                raise UserError(f"{paths.root}: this run has a checkpoint; pass --resume to continue it or --restart")
+            holder = held.enter_context(paths.locked())
+            if holder is not None:
+                raise UserError(f"{paths.root}: another process is computing this run now ({holder})")
+            if args.restart:
+                paths.clear()  # the run's own files only: anything else in the folder stays
+            if distributed.active():
+                from ssdstudy.workspace import Workspace
+
+                Workspace(config, progress=not args.no_progress)  # a generated dataset: made once, here
+
+        distributed.on_main(prepare)
         try:
             result = execute_run(config, paths.root, progress=not args.no_progress)
         except KeyboardInterrupt:
-            print(f"interrupted: the last finished epoch is saved in {paths.checkpoint}; continue with --resume")
+            if distributed.is_main():
+                print(f"interrupted: the last finished epoch is saved in {paths.checkpoint}; continue with --resume")
             return 130
+    if result is None:  # another process than the first of a distributed run: it reports
+        return 0
     m = result["metrics"]
     print(f"run {config.run_id}: VOC07 mAP {m['voc07_map']:.4f}, all-point mAP {m['voc_map']:.4f}")
     print(f"results in {paths.root}")
