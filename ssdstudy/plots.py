@@ -40,12 +40,15 @@ __all__ = [
     "augmentation_grid",
     "backbone_color",
     "backbone_label",
-    "family_label",
     "detection_grid",
     "device_times",
     "draw_detections",
     "draw_priors",
+    "family_label",
+    "has_memory",
+    "map_vs_memory",
     "map_vs_prediction_time",
+    "memory_table",
     "mining_figure",
     "mining_table",
     "nms_split",
@@ -266,45 +269,145 @@ def map_vs_prediction_time(
         if data.empty:
             _empty(ax, "no finished runs to plot")
             return fig
-        data = data.copy()
-        for col, default in (("width", 1.0), ("augment", "all"), ("mining", "3:1")):
-            if col not in data.columns:
-                data[col] = default
-        # width series: same backbone, augmentation and mining, several widths
-        for _, group in data.groupby(["backbone", "augment", "mining"], sort=False):
-            if group["width"].nunique() > 1:
-                g = group.sort_values("width")
-                ax.plot(g[x], g[y], color=backbone_color(g["backbone"].iloc[0]), lw=1, alpha=0.5, zorder=2)
-        for _, row in data.iterrows():
-            low, high = row.get(f"{y}_low"), row.get(f"{y}_high")
-            if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
-                ax.errorbar([row[x]], [row[y]], yerr=[[max(row[y] - low, 0)], [max(high - row[y], 0)]],
-                            fmt="none", ecolor=backbone_color(row["backbone"]), elinewidth=1, capsize=3,
-                            alpha=0.7, zorder=2)
-            ax.scatter(
-                [row[x]], [row[y]], s=64, color=backbone_color(row["backbone"]),
-                marker=augment_marker(row["augment"]), edgecolor="black", linewidth=0.6, zorder=3,
-            )
-            ax.annotate(short_label(row), (row[x], row[y]), xytext=(5, 4), textcoords="offset points", fontsize=7)
+        data = _accuracy_points(ax, data, x, y)
         if log_x:
             ax.set_xscale("log")
         ax.set_xlabel(_METRIC_LABELS.get(x, x))
         ax.set_ylabel(MAP_LABEL if y == "voc07_map" else y)
-        ax.margins(x=0.15, y=0.12)
-        backbones = sorted(data["backbone"].unique(), key=_backbone_rank)
-        augments = sorted(data["augment"].unique(), key=_augment_rank)
-        first = ax.legend(
-            handles=[Patch(color=backbone_color(b), label=family_label(data, b)) for b in backbones],
-            title="backbone", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-        )
-        ax.add_artist(first)
-        ax.legend(
-            handles=[Line2D([], [], ls="", marker=augment_marker(a), color="0.35", label=str(a)) for a in augments],
-            title="augmentation", loc="lower left", bbox_to_anchor=(1.01, 0.0),
-        )
+        _accuracy_legends(ax, data)
         if title:
             ax.set_title(title)
     return fig
+
+
+def _accuracy_points(ax: Axes, data: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The runs of ``data`` as points of ``y`` against ``x`` on ``ax`` (colour: backbone,
+    marker: augmentation, label: :func:`short_label`), joined by a thin line across
+    widths of one series, with their 95 % intervals where the rows hold them. Returns
+    ``data`` with the defaults of missing ``width``, ``augment`` and ``mining``."""
+    data = data.copy()
+    for col, default in (("width", 1.0), ("augment", "all"), ("mining", "3:1")):
+        if col not in data.columns:
+            data[col] = default
+    # width series: same backbone, augmentation and mining, several widths
+    for _, group in data.groupby(["backbone", "augment", "mining"], sort=False):
+        if group["width"].nunique() > 1:
+            g = group.sort_values("width")
+            ax.plot(g[x], g[y], color=backbone_color(g["backbone"].iloc[0]), lw=1, alpha=0.5, zorder=2)
+    for _, row in data.iterrows():
+        low, high = row.get(f"{y}_low"), row.get(f"{y}_high")
+        if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+            ax.errorbar([row[x]], [row[y]], yerr=[[max(row[y] - low, 0)], [max(high - row[y], 0)]],
+                        fmt="none", ecolor=backbone_color(row["backbone"]), elinewidth=1, capsize=3,
+                        alpha=0.7, zorder=2)
+        ax.scatter(
+            [row[x]], [row[y]], s=64, color=backbone_color(row["backbone"]),
+            marker=augment_marker(row["augment"]), edgecolor="black", linewidth=0.6, zorder=3,
+        )
+        ax.annotate(short_label(row), (row[x], row[y]), xytext=(5, 4), textcoords="offset points", fontsize=7)
+    ax.margins(x=0.15, y=0.12)
+    return data
+
+
+def _accuracy_handles(data: pd.DataFrame) -> tuple[list[Patch], list[Line2D]]:
+    """Legend entries of the backbones (colour) and augmentation settings (marker) in ``data``."""
+    backbones = sorted(data["backbone"].unique(), key=_backbone_rank)
+    augments = sorted(data["augment"].unique(), key=_augment_rank)
+    return ([Patch(color=backbone_color(b), label=family_label(data, b)) for b in backbones],
+            [Line2D([], [], ls="", marker=augment_marker(a), color="0.35", label=str(a)) for a in augments])
+
+
+def _accuracy_legends(ax: Axes, data: pd.DataFrame) -> None:
+    """The backbone (colour) and augmentation (marker) legends, right of ``ax``."""
+    backbones, augments = _accuracy_handles(data)
+    first = ax.legend(handles=backbones, title="backbone", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.add_artist(first)
+    ax.legend(handles=augments, title="augmentation", loc="lower left", bbox_to_anchor=(1.01, 0.0))
+
+
+# --- accuracy against memory ---------------------------------------------------------------
+
+#: The memory columns of :func:`map_vs_memory`'s panels and their axis labels.
+_MEMORY_PANELS = (
+    ("train_peak_mb", "peak memory of a training step (MB)"),
+    ("predict_peak_mb", "peak memory of a prediction at batch 1 (MB)"),
+)
+#: Said where no run has memory figures.
+NO_MEMORY = "these runs were timed before memory was measured"
+
+
+def has_memory(df: pd.DataFrame) -> bool:
+    """Whether any row of ``df`` holds a measured peak memory."""
+    cols = [c for c, _ in _MEMORY_PANELS if c in df.columns]
+    return bool(len(df) and cols and df[cols].notna().any().any())
+
+
+def map_vs_memory(df: pd.DataFrame, *, y: str = "voc07_map", title: str | None = None) -> Figure:
+    """mAP against peak memory, one point per run: a training step at the run's batch
+    size (left) and a prediction at batch 1 (right), each measured in a fresh process
+    (:mod:`ssdstudy.memory`; on the CPU, the process's peak resident set, the
+    interpreter and libraries included).
+
+    The visual language of :func:`map_vs_prediction_time`: colour the backbone, marker
+    the augmentation, a thin line across widths, the 95 % interval as a bar. A dotted
+    line marks the processes' baseline (the memory of the interpreter and libraries
+    before any model: column ``memory_baseline_mb``), the part no model can save.
+    Runs without memory figures (timed before memory was measured) are left out; with
+    none, the panels say so.
+
+    Args:
+        df: rows of :func:`ssdstudy.results.load_runs` (columns ``backbone``, ``y`` and,
+            for the points, ``train_peak_mb`` and ``predict_peak_mb``).
+    """
+    _require(df, ["backbone", y], "map_vs_memory")
+    with _style():
+        fig, axes = _figure(1, 2, figsize=(10.0, 4.4), sharey=True)
+        if not len(df):
+            for ax in axes[0]:
+                _empty(ax, "no finished runs to plot")
+            return fig
+        drawn = None
+        for ax, (x, label) in zip(axes[0], _MEMORY_PANELS):
+            data = df.dropna(subset=[x, y]) if x in df.columns else df.iloc[:0]
+            if data.empty:
+                _empty(ax, NO_MEMORY if not has_memory(df) else "not measured for these runs")
+                continue
+            drawn = _accuracy_points(ax, data, x, y)
+            base = data["memory_baseline_mb"].dropna() if "memory_baseline_mb" in data.columns else pd.Series([])
+            if len(base):
+                ax.axvline(float(base.median()), color="0.5", ls=":", lw=1, zorder=1)
+                ax.annotate("interpreter and libraries", (float(base.median()), 1.0), xycoords=("data", "axes fraction"),
+                            xytext=(3, -3), textcoords="offset points", fontsize=7, color="0.4", va="top")
+                lo, hi = ax.get_xlim()
+                ax.set_xlim(min(lo, float(base.min()) * 0.97), hi)
+            ax.set_xlabel(label)
+        axes[0, 0].set_ylabel(MAP_LABEL if y == "voc07_map" else y)
+        if drawn is not None:  # beside both panels, room made by the layout
+            backbones, augments = _accuracy_handles(drawn)
+            fig.legend(handles=backbones, title="backbone", loc="outside right upper")
+            fig.legend(handles=augments, title="augmentation", loc="outside right lower")
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def memory_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run with memory figures (MB): the peaks of a training step and of a
+    prediction, the parameters, the optimiser's state, each step's working memory and
+    the processes' baseline (interpreter and libraries), beside the run's mAP. Empty
+    when no run has them."""
+    if not has_memory(df):
+        return pd.DataFrame()
+    columns = {
+        "voc07_map": "mAP (VOC07)", "train_peak_mb": "train peak", "predict_peak_mb": "predict peak",
+        "params_mb": "parameters", "optimizer_mb": "optimiser state", "activations_mb": "train working",
+        "predict_activations_mb": "predict working", "memory_baseline_mb": "baseline",
+    }
+    rows = df[df[[c for c, _ in _MEMORY_PANELS if c in df.columns]].notna().any(axis=1)]
+    out = pd.DataFrame({"run": [short_label(r) for _, r in rows.iterrows()]})
+    for col, text in columns.items():
+        out[text] = rows[col].to_numpy() if col in rows.columns else np.nan
+    return out.set_index("run")
 
 
 # --- figs. 10-12: devices ------------------------------------------------------------------
@@ -1056,6 +1159,9 @@ def timing_table(timing: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             row[f"{text} IQR"] = s.get("iqr", np.nan)
         row["images/s (batched)"] = t.get("throughput_images_per_s", np.nan)
         row["peak memory MB"] = t.get("peak_memory_mb", np.nan)
+        memory = t.get("memory") or {}
+        row["train step peak MB"] = np.nan if memory.get("train_peak_mb") is None else memory["train_peak_mb"]
+        row["prediction peak MB"] = np.nan if memory.get("predict_peak_mb") is None else memory["predict_peak_mb"]
         rows.append(row)
     return pd.DataFrame(rows).set_index("device") if rows else pd.DataFrame()
 

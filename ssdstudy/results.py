@@ -76,11 +76,37 @@ def _nan(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
+#: The memory columns of :func:`timing_columns`: key of a timing entry's ``memory``
+#: record (:func:`ssdstudy.memory.measure_memory`) -> column.
+MEMORY_COLUMNS = {
+    "train_peak_mb": "train_peak_mb",
+    "predict_peak_mb": "predict_peak_mb",
+    "params_mb": "params_mb",
+    "optimizer_mb": "optimizer_mb",
+    "activations_mb": "activations_mb",
+    "predict_activations_mb": "predict_activations_mb",
+    "baseline_mb": "memory_baseline_mb",
+}
+
+
+def memory_columns(memory: dict[str, Any] | None) -> dict[str, Any]:
+    """The memory columns of a timing entry's ``memory`` record: peak memory of a training
+    step and of a prediction, parameters, optimiser state, the steps' working memory and
+    the process's baseline (MiB; nan when not measured: runs timed before memory was, or
+    a failed measurement, whose error is in ``memory_error``)."""
+    memory = memory or {}
+    cols: dict[str, Any] = {col: _nan(memory.get(key)) for key, col in MEMORY_COLUMNS.items()}
+    cols["memory_kind"] = memory.get("kind", "")
+    cols["memory_error"] = memory.get("error", "")
+    return cols
+
+
 def timing_columns(t: dict[str, Any]) -> dict[str, Any]:
     """Table columns of one timing entry (a ``timing.json`` value, a hardware file's
     ``timing``): medians and interquartile ranges, the stages of post-processing, the
-    boxes entering NMS, and whether the machine was busy (the entry's own flag; for
-    files written before the flag, the spread half of :data:`ssdstudy.timing.BUSY_RULE`)."""
+    boxes entering NMS, whether the machine was busy (the entry's own flag; for
+    files written before the flag, the spread half of :data:`ssdstudy.timing.BUSY_RULE`),
+    and the memory of a training step and of a prediction (:func:`memory_columns`)."""
     from ssdstudy.timing import busy_reasons
 
     stages = t.get("stages_ms") or {}
@@ -102,6 +128,7 @@ def timing_columns(t: dict[str, Any]) -> dict[str, Any]:
         "nms_candidates": _nan(t.get("nms_candidates")),
         "busy": bool(t.get("busy", bool(reasons))),
         "busy_reason": "; ".join(reasons),
+        **memory_columns(t.get("memory")),
     }
 
 

@@ -18,7 +18,8 @@ or when other processes kept more CPUs busy than the measurement left
 free (:data:`BUSY_MARGIN_CORES` of tolerance), as read from ``/proc/stat`` against
 this process's own CPU time (:func:`watch_load`). Throughput is measured at a larger
 batch. Memory is CUDA's peak allocation on a GPU, and the process's resident-set growth
-and peak on the CPU.
+and peak on the CPU; a run's timing also records the peak memory of a training step and
+of a prediction, each in a fresh process (:mod:`ssdstudy.memory`).
 """
 
 from __future__ import annotations
@@ -408,11 +409,22 @@ def time_model(
                        top_k=top_k, reference=reference)[0]
 
 
-def time_run(model: torch.nn.Module, images: list, sizes: list, config: Any, devices: Sequence[str]) -> dict[str, Any]:
+#: Devices whose memory :func:`time_run` measures (:mod:`ssdstudy.memory`).
+MEMORY_DEVICES = ("cpu", "cuda")
+
+
+def time_run(model: torch.nn.Module, images: list, sizes: list, config: Any, devices: Sequence[str], *,
+             memory: bool = True) -> dict[str, Any]:
     """A run's ``timing.json``: :func:`time_models` on each of ``config.timing.devices``
     that is among ``devices``, with the run's post-processing settings; on the CPU one
     entry per thread count of ``config.timing.cpu_threads``, the counts interleaved.
     Keys: ``"cpu"``, ``"cpu-2t"``, ``"cuda"``...
+
+    With ``memory``, each entry of a CPU or CUDA device also holds ``"memory"``: the peak
+    memory of a training step at the run's batch size and precision and of a prediction
+    at batch 1, each measured in a fresh process (:func:`ssdstudy.memory.memory_for_config`;
+    once per device, the same for each of its thread counts). A failed measurement is
+    recorded as ``{"error": ...}`` with a warning, and the timing goes on.
 
     It lives here, not in the run pipeline, so that what timing measures can grow
     without changing the code that computes a run's model and scores.
@@ -426,5 +438,11 @@ def time_run(model: torch.nn.Module, images: list, sizes: list, config: Any, dev
             warmup=config.timing.warmup, throughput_batch=config.timing.throughput_batch,
             score_threshold=config.eval.score_threshold, nms_iou=config.eval.nms_iou, top_k=config.eval.top_k,
         )
+        if memory and dev in MEMORY_DEVICES:
+            from ssdstudy.memory import memory_for_config
+
+            mem = memory_for_config(config, int(getattr(model, "num_classes", 0)), dev)
+            for result in results:
+                result["memory"] = mem
         timing.update(zip(keys, results))
     return timing

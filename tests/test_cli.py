@@ -102,6 +102,9 @@ def test_train_writes_every_result_file(trained):
     timing = json.loads((trained / "timing.json").read_text())
     assert timing["cpu"]["inference_ms"]["median"] > 0
     assert timing["cpu"]["prediction_ms"]["n"] == 3
+    memory = timing["cpu"]["memory"]  # the run's training step (batch 8) and prediction, in fresh processes
+    assert "error" not in memory and memory["train"]["batch_size"] == 8 and memory["train"]["image_size"] == 96
+    assert memory["train_peak_mb"] > memory["predict_peak_mb"] > 0
 
 
 def test_train_refuses_to_overwrite_without_resume(trained, capsys):
@@ -232,6 +235,10 @@ def test_bench_writes_a_hardware_file_with_each_backbones_training_set(tmp_path,
         assert e["timing"]["images"] == 2
         assert e["timing"]["prediction_ms"]["median"] > 0 and e["timing"]["inference_ms"]["median"] > 0
         assert e["epoch_seconds"] == pytest.approx(e["train_images"] / e["train_images_per_s"])
+        # the memory of a training step at the profile's batch and of a prediction, in fresh processes
+        memory = e["timing"]["memory"]
+        assert "error" not in memory and memory["train"]["batch_size"] == 4
+        assert memory["train_peak_mb"] > memory["predict_peak_mb"] > memory["params_mb"] > 0
 
 
 def test_study_run_of_a_run_not_in_the_plan_is_one_line(capsys):
@@ -278,12 +285,12 @@ def test_bench_times_the_profiles_trained_model_when_its_checkpoint_is_here(tmp_
     def bench(out):
         assert main(["bench", "--profile", "benchtest", "--backbones", "mobilenet_v1", "--width", "0.25",
                      "--devices", "cpu", "--threads", "1", "--train-steps", "0", "--results", str(tmp_path / "results"),
-                     "--out", str(out)]) == 0
+                     "--no-memory", "--out", str(out)]) == 0
         result = json.loads(out.read_text())
         assert result["profile"] == "benchtest" and result["image_size"] == 96 and "busy" in result["busy_rule"]
         (entry,) = result["entries"]
         assert entry["run_id"] == cfg.run_id and entry["image_size"] == 96
-        assert {"busy", "busy_reasons", "load"} <= set(entry["timing"])
+        assert {"busy", "busy_reasons", "load"} <= set(entry["timing"]) and "memory" not in entry["timing"]
         return entry
 
     trained = bench(tmp_path / "trained.json")

@@ -85,7 +85,7 @@ def test_time_run_interleaves_the_profiles_thread_counts():
     config = SimpleNamespace(
         timing=SimpleNamespace(devices=["cpu", "cuda"], cpu_threads=[1, 2], warmup=0, throughput_batch=1),
         eval=SimpleNamespace(score_threshold=0.01, nms_iou=0.45, top_k=200))
-    out = timing.time_run(Fake("M", log), *images(2), config, ["cpu"])
+    out = timing.time_run(Fake("M", log), *images(2), config, ["cpu"], memory=False)
     assert list(out) == ["cpu-1t", "cpu-2t"]
     assert out["cpu-1t"]["threads"] == 1 and out["cpu-2t"]["threads"] == 2
     assert out["cpu-1t"]["interleaved_with"] == ["cpu-2t"]

@@ -2,8 +2,10 @@
 
 The result file (``--out``, e.g. ``results/hardware/<machine>.json``) holds one entry
 per (backbone, device, thread count): inference and prediction times at batch 1 (with
-post-processing split into decoding and NMS), throughput, memory, and the measured
-training speed with the time per epoch it implies; the hardware chapter merges every
+post-processing split into decoding and NMS), throughput, memory (``timing.memory``: the
+peak of a training step at the profile's batch size and of a prediction at batch 1, each
+measured in a fresh process by :mod:`ssdstudy.memory`, on the CPU and CUDA), and the
+measured training speed with the time per epoch it implies; the hardware chapter merges every
 such file of its profile measured at its input size.
 
 The models timed are the profile's own: when a run of the backbone in
@@ -36,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Time the profile's models (trained when their runs' checkpoints are here, else random "
         "weights, said in the file) or a checkpoint on every device asked for, interleaved: inference "
         "(forward) and prediction (forward + decoding + NMS) per image at batch 1, throughput at a larger "
-        "batch, memory, training images/s, and whether the machine was busy.",
+        "batch, memory (the peak of a training step at the profile's batch size and of a prediction at "
+        "batch 1, each in a fresh process), training images/s, and whether the machine was busy.",
     )
     p.add_argument("--profile", default="default", help="profile whose data, input size and timing settings to use")
     p.add_argument("--checkpoint", help="time this trained model instead of the profile's models")
@@ -47,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", nargs="+", type=int, help="CPU thread counts (default: the process default)")
     p.add_argument("--images", type=int, help="test images timed (default: the profile's timing.images)")
     p.add_argument("--train-steps", type=int, default=5, help="training steps timed per device (0: skip)")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the peak memory of a training step and of a prediction (each measured in a "
+                   "fresh process, on the CPU and CUDA)")
     p.add_argument("--results", help="results folder whose <profile>/runs/ hold the runs whose checkpoints "
                    "are timed (default: the project's results/)")
     p.add_argument("--machine", default=platform.node(), help="name of this machine in the result file")
@@ -82,14 +88,27 @@ def profile_run(profile: Any, cfg: Any, results: Path) -> tuple[str | None, Path
     return next((r for r in ids if (folder / r).is_dir()), ids[0]), None
 
 
+def _memory_text(memory: dict[str, Any] | None) -> str:
+    """The peaks of an entry's memory record, for the printed line."""
+    if not memory:
+        return ""
+    train, predict = memory.get("train_peak_mb"), memory.get("predict_peak_mb")
+    if train is None and predict is None:
+        return "  memory: not measured"
+    return "  peak MB: " + ", ".join(f"{name} {'?' if v is None else f'{v:,.0f}'}"
+                                     for name, v in (("train", train), ("predict", predict)))
+
+
 def run(args: argparse.Namespace) -> int:
     from ssdstudy import provenance
     from ssdstudy.config import read_profile
+    from ssdstudy.memory import memory_for_config
     from ssdstudy.model import build_from_config
     from ssdstudy.pipeline import load_model, timing_images
     from ssdstudy.runs import RESULTS, RunPaths
     from ssdstudy.timing import (
         BUSY_RULE,
+        MEMORY_DEVICES,
         Subject,
         busy_reasons,
         threads,
@@ -148,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         prepared.append((cfg, workspace, model, weights, images, sizes))
     first = prepared[0][0]
     entries = []
+    memories: dict[tuple[str, str], dict[str, Any]] = {}  # (run id, device): measured once per model
     for dev in devices:
         counts = (args.threads or [None]) if dev == "cpu" else [None]
         subjects, meta = [], []
@@ -162,6 +182,11 @@ def run(args: argparse.Namespace) -> int:
                               score_threshold=first.eval.score_threshold, nms_iou=first.eval.nms_iou,
                               top_k=first.eval.top_k)
         for (cfg, workspace, weights, n), timing in zip(meta, timings):
+            if args.memory and dev in MEMORY_DEVICES:
+                key = (cfg.run_id, dev)
+                if key not in memories:
+                    memories[key] = memory_for_config(cfg, len(workspace.class_names) + 1, dev)
+                timing["memory"] = memories[key]
             entry: dict[str, Any] = {"backbone": cfg.model.backbone, "width": cfg.model.width,
                                      "image_size": cfg.model.image_size, "timing": timing, **weights}
             if args.train_steps:
@@ -180,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{cfg.model.backbone:13} {dev:5} {t['device_name'][:40]:40} threads {t['threads']:>2}  "
                   f"inference {t['inference_ms']['median']:8.2f} ms  prediction {t['prediction_ms']['median']:8.2f} ms"
                   + (f"  train {entry['train_images_per_s']:6.1f} img/s" if "train_images_per_s" in entry else "")
+                  + _memory_text(t.get("memory"))
                   + ("  BUSY: " + "; ".join(t["busy_reasons"]) if t["busy"] else ""))
     result = {"machine": args.machine, "profile": args.profile, "image_size": first.model.image_size,
               "interleaved": True, "busy_rule": BUSY_RULE,
