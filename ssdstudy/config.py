@@ -210,6 +210,9 @@ class TimingConfig:
     devices: list[str] = field(default_factory=lambda: ["cpu", "cuda", "mps"])
     #: CPU thread counts to time with (null: the process default).
     cpu_threads: list[int] | None = None
+    #: Measure the peak memory of a training step and of a prediction (two fresh
+    #: processes per run, :mod:`ssdstudy.memory`).
+    memory: bool = True
 
     def validate(self, where: str) -> None:
         for name in ("images", "throughput_batch"):

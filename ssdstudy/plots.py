@@ -333,7 +333,7 @@ _MEMORY_PANELS = (
     ("predict_peak_mb", "peak memory of a prediction at batch 1 (MB)"),
 )
 #: Said where no run has memory figures.
-NO_MEMORY = "these runs were timed before memory was measured"
+NO_MEMORY = "no memory measured for these runs (timed before it was, or with timing.memory off)"
 
 
 def has_memory(df: pd.DataFrame) -> bool:

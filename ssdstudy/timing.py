@@ -438,7 +438,7 @@ def time_run(model: torch.nn.Module, images: list, sizes: list, config: Any, dev
             warmup=config.timing.warmup, throughput_batch=config.timing.throughput_batch,
             score_threshold=config.eval.score_threshold, nms_iou=config.eval.nms_iou, top_k=config.eval.top_k,
         )
-        if memory and dev in MEMORY_DEVICES:
+        if memory and getattr(config.timing, "memory", True) and dev in MEMORY_DEVICES:
             from ssdstudy.memory import memory_for_config
 
             mem = memory_for_config(config, int(getattr(model, "num_classes", 0)), dev)
