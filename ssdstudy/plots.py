@@ -551,6 +551,32 @@ def size_bins(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def runtime_tradeoff(df: pd.DataFrame) -> Figure:
+    """VOC07 mAP (or, without scores, the model) against prediction time for each runtime,
+    one panel per model measured: where the time goes and what it costs in accuracy."""
+    with _style():
+        models = list(dict.fromkeys(zip(df["variant"], df["width"], df["machine"]))) if len(df) else []
+        fig, axes = _figure(1, max(1, len(models)), figsize=(4.2 * max(1, len(models)), 3.8))
+        if not models:
+            _empty(axes[0, 0], "no runtime measurements to plot")
+            return fig
+        for ax, (variant, width, machine) in zip(axes[0], models, strict=True):
+            rows = df[(df["variant"] == variant) & (df["width"] == width) & (df["machine"] == machine)]
+            scored = rows["voc07_map"].notna().any()
+            y = rows["voc07_map"] if scored else pd.Series(range(len(rows)), index=rows.index)
+            for k, (_, r) in enumerate(rows.iterrows()):
+                ax.errorbar(r["prediction_ms"], y.loc[r.name], xerr=r["prediction_ms_iqr"] / 2,
+                            fmt="o", color=_PALETTE[k % len(_PALETTE)], label=r["runtime"])
+            ax.set_xscale("log")
+            ax.set_xlabel("prediction time per image (ms, log)")
+            ax.set_ylabel(MAP_LABEL if scored else "runtime")
+            if not scored:
+                ax.set_yticks(range(len(rows)), list(rows["runtime"]))
+            ax.set_title(f"{backbone_label(variant)}{_width_text(width)}\n{machine}", fontsize=9)
+        axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
 def receptive_fields(fields: pd.DataFrame) -> Figure:
     """Receptive fields against default boxes, one panel per model: per source map, the
     theoretical field (circle), the effective field (diamond, where measured) and the

@@ -338,6 +338,45 @@ def timing_notes(frame: pd.DataFrame) -> str:
 SETTING_COLUMNS = ("backbone", "variant", "width", "augment", "mining", "image_size", "epochs")
 
 
+def runtimes_folder(profile: str, results: Path | None = None) -> Path:
+    """Where a profile's runtime measurements are published:
+    ``results/<profile>/runtimes/*.json``, each written by ``benchmarks/runtimes.py
+    --checkpoint <a run's checkpoint> --data <its data> --map --json PATH``."""
+    return (results or RESULTS) / profile / "runtimes"
+
+
+def load_runtimes(profile: str, results: Path | None = None) -> pd.DataFrame:
+    """One row per runtime and model of every runtime file of ``profile``: its inference
+    and prediction medians and spreads, their ratios to eager float32 measured in the same
+    process, the share of prediction spent after inference, and (with ``--map``) its
+    VOC07 mAP and the paired bootstrap difference to eager float32's."""
+    rows = []
+    folder = runtimes_folder(profile, results)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = _read_json(path)
+        machine = (data.get("machine") or {}).get("device_name") or path.stem
+        for entry in (data.get("backbones") or {}).values():
+            model = entry.get("model", {})
+            scores = (entry.get("map") or {}).get("runtimes", {})
+            for name, t in entry.get("runtimes", {}).items():
+                score = scores.get(name, {})
+                diff = score.get("difference_to_eager") or {}
+                inference, prediction = _nan(t.get("inference_ms")), _nan(t.get("prediction_ms"))
+                rows.append({
+                    "source": path.name, "machine": machine, "runtime": name,
+                    "backbone": backbone_family(str(model.get("backbone"))), "variant": model.get("backbone"),
+                    "width": float(model.get("width", 1.0)), "weights": model.get("weights", ""),
+                    "inference_ms": inference, "inference_ms_iqr": _nan(t.get("inference_iqr_ms")),
+                    "prediction_ms": prediction, "prediction_ms_iqr": _nan(t.get("prediction_iqr_ms")),
+                    "prediction_vs_eager": _nan((t.get("ratio_to_eager") or {}).get("prediction")),
+                    "after_inference_share": (prediction - inference) / prediction if prediction > 0 else np.nan,
+                    "voc07_map": _nan(score.get("voc07_map")),
+                    "map_difference": _nan(diff.get("difference")),
+                    "map_difference_low": _nan(diff.get("low")), "map_difference_high": _nan(diff.get("high")),
+                })
+    return pd.DataFrame(rows)
+
+
 def seed_spread(df: pd.DataFrame, metric: str = "voc07_map") -> pd.DataFrame:
     """One row per setting (runs equal but for their seed): the number of seeds, the mean,
     the sample standard deviation and the range of ``metric`` over them, and the mean of

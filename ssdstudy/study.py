@@ -45,7 +45,7 @@ from ssdstudy.runs import RESULTS, STUDY_LOCK, RunPaths, write_config
 from ssdstudy.workspace import PROJECT
 
 #: Chapters executed after the experiments' own, in this order.
-EXTRA_CHAPTERS = ("default_boxes", "receptive_fields", "conclusions", "reproduce")
+EXTRA_CHAPTERS = ("default_boxes", "receptive_fields", "runtimes", "conclusions", "reproduce")
 #: Per-image training cost on a 2-core CPU at 300x300 (images/s), for --dry-run's estimate
 #: when no finished run of the backbone is there to measure it.
 TRAIN_SPEED_300 = {"vgg16": 1.9, "vgg16_bn": 3.8, "mobilenet_v1": 22.7}

@@ -221,3 +221,32 @@ def test_int8_vgg16_keeps_its_ceil_mode_pool_in_float32():
     assert runtime.float_pools == ("backbone.features.23",)
     boxes, scores = runtime.decoded(torch.randn(1, 3, 140, 140))
     assert boxes.shape == (1, vgg.num_priors, 4) and scores.shape == (1, vgg.num_priors, NUM_CLASSES)
+
+
+def test_published_runtime_files_are_read_and_drawn(tmp_path):
+    """A file of benchmarks/runtimes.py in results/<profile>/runtimes/ gives one row per
+    runtime, with its ratio to eager, its share after the forward pass and its mAP."""
+    import json
+
+    from ssdstudy.plots import runtime_tradeoff
+    from ssdstudy.results import load_runtimes
+
+    folder = tmp_path / "smoke" / "runtimes"
+    folder.mkdir(parents=True)
+    timed = {"eager_fp32": {"inference_ms": 15.0, "prediction_ms": 20.0, "inference_iqr_ms": 1.0,
+                            "prediction_iqr_ms": 2.0, "ratio_to_eager": {"prediction": 1.0}},
+             "int8": {"inference_ms": 5.0, "prediction_ms": 8.0, "inference_iqr_ms": 0.5,
+                      "prediction_iqr_ms": 1.0, "ratio_to_eager": {"prediction": 0.4}}}
+    scores = {"runtimes": {"eager_fp32": {"voc07_map": 0.6},
+                           "int8": {"voc07_map": 0.58,
+                                    "difference_to_eager": {"difference": -0.02, "low": -0.03, "high": -0.01}}}}
+    entry = {"model": {"backbone": "mobilenet_v1", "width": 1.0, "weights": "trained"}, "runtimes": timed,
+             "map": scores}
+    (folder / "m.json").write_text(json.dumps({"machine": {"device_name": "CPU X"}, "backbones": {"mobilenet_v1": entry}}))
+    df = load_runtimes("smoke", results=tmp_path)
+    assert list(df["runtime"]) == ["eager_fp32", "int8"]
+    int8 = df.set_index("runtime").loc["int8"]
+    assert int8["prediction_vs_eager"] == 0.4 and int8["after_inference_share"] == pytest.approx(3 / 8)
+    assert int8["map_difference_low"] == -0.03 and int8["machine"] == "CPU X"
+    assert len(runtime_tradeoff(df).axes) == 1
+    assert load_runtimes("smoke", results=tmp_path / "none").empty

@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "book" / "templates"
 CHAPTERS = ("backbone", "width", "augmentation", "mining", "sizes", "hardware", "nms", "seeds", "tiling", "conclusions",
-            "receptive_fields",
+            "receptive_fields", "runtimes",
             "default_boxes", "reproduce")
 PARAMETERS = {
     **{name: {"profile", "experiment", "results_dir"} for name in CHAPTERS},
