@@ -202,7 +202,7 @@ def study_fields(profile: str, results: Path | None = None, *, images: int = EFF
     augmentation and 3:1 mining; the width experiment's too where trained), one row per
     source map:
     theoretical always, effective where the run's checkpoint is on this machine (the
-    checkpoints are not published: ``ssdstudy fields`` writes the effective fields of
+    checkpoints are not published: ``ssdstudy study fields`` writes the effective fields of
     the machine that trained the runs into :func:`fields_path`)."""
     import pandas as pd
 

@@ -96,3 +96,22 @@ def test_the_study_fields_and_where_they_disagree_with_the_boxes(tmp_path):
     assert "theoretical field (10 px) is smaller than the longest default box (18 px)" in disagreements(small)
     assert "effective field (5 px)" in disagreements(small)
     assert len(receptive_fields(fields).axes) == 3
+
+
+def test_published_fields_are_read_back(tmp_path):
+    import json
+
+    from ssdstudy.receptive import fields_path, load_fields, write_fields
+
+    path = write_fields("smoke", results=tmp_path, images=1)  # no checkpoint here: theoretical only
+    assert path == fields_path("smoke", tmp_path)
+    data = json.loads(path.read_text())
+    assert data["effective_images"] == 1 and data["git"]["commit"]
+    assert load_fields("smoke", results=tmp_path).equals(load_fields("smoke", results=tmp_path / "elsewhere"))
+
+
+def test_fields_command_checks_its_image_count(capsys):
+    from ssdstudy.cli import main
+
+    assert main(["study", "fields", "--profile", "smoke", "--images", "0"]) == 2
+    assert "--images must be at least 1" in capsys.readouterr().err

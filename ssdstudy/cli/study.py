@@ -51,6 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "of the machine that made them. Lists the plan's runs still to compute.")
     c.set_defaults(func=check)
 
+    f = actions.add_parser("fields", parents=[common], help="publish the receptive fields of the trained baselines",
+                           description="Measure the theoretical and effective receptive fields of the source maps "
+                           "of the profile's baselines (effective ones from their checkpoints, which only the "
+                           "machine that trained them has) and write results/<profile>/receptive-fields.json "
+                           "for the receptive-fields chapter.")
+    f.add_argument("--images", type=int, default=50, help="test images averaged for an effective field")
+    f.set_defaults(func=fields)
+
 
 def claims(args: argparse.Namespace) -> int:
     import json
@@ -66,6 +74,16 @@ def claims(args: argparse.Namespace) -> int:
         print(f"claim {v.number}: {v.status}{scope} ({v.summary()})")
         for c in v.checks:
             print(f"  - {c.statement}: {c.outcome}" + (f" ({c.detail})" if c.detail else ""))
+    return 0
+
+
+def fields(args: argparse.Namespace) -> int:
+    from ssdstudy.receptive import write_fields
+
+    if args.images < 1:
+        raise UserError(f"--images must be at least 1, got {args.images}")
+    path = write_fields(args.profile, images=args.images)
+    print(f"receptive fields: {path}")
     return 0
 
 
