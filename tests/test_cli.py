@@ -303,3 +303,11 @@ def test_bench_times_the_profiles_trained_model_when_its_checkpoint_is_here(tmp_
     assert random["weights"] == f"random (no checkpoint of run {cfg.run_id} here)"
     assert random["trained"] is False and random["postprocess_worst_case"] is True
     assert random["timing"]["nms_candidates"] > 0
+
+
+def test_study_run_needs_a_positive_worker_count(capsys):
+    from ssdstudy.cluster import threads_per_worker
+
+    assert main(["study", "run", "--profile", "smoke", "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert threads_per_worker(10**6) == 1

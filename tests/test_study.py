@@ -386,3 +386,27 @@ def test_a_run_killed_before_its_notebook_is_finished_and_reported(smoke_study, 
     assert study.plan.status(run_id) == "found"
     assert study.plan.paths(run_id).history.read_text() == history  # nothing trained again
     assert f"runs 1 finished (their notebook was missing): {run_id}" in study.report()
+
+
+@pytest.mark.slow
+def test_runs_on_a_local_dask_cluster_are_those_of_the_serial_study(smoke_study, tmp_path):
+    """`study run --workers 2`: two worker processes compute the runs at once, each run
+    once, with the metrics of the serial study."""
+    from ssdstudy import cluster
+
+    root = book_sources(tmp_path)
+    study = Study("smoke", root=root, results=root / "results", only=["hardware", "nms"], progress=False)
+    with study.exclusive():
+        study.prepare_data()
+        with cluster.client(workers=2) as dask_client:
+            assert len(dask_client.scheduler_info()["workers"]) == 2
+            done = cluster.run_runs_on(study, dask_client)
+    assert not study.failures, study.report()
+    assert sorted(done) == sorted(study.plan.runs)
+    assert set(study.computed.values()) == {"to train"}
+    for run_id in study.plan.runs:
+        history = study.plan.paths(run_id).history.read_text().splitlines()
+        assert [line.split(",")[0] for line in history[1:]] == ["1"]
+        alone = json.loads(smoke_study.plan.paths(run_id).metrics.read_text())
+        assert json.loads(study.plan.paths(run_id).metrics.read_text())["voc07_map"] == alone["voc07_map"]
+    assert study.plan.missing() == []

@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--only", nargs="+", metavar="EXPERIMENT", help="only these experiments")
     r.add_argument("--runs", nargs="+", metavar="RUN_ID",
                    help="compute only these runs of the plan (in this order) and execute no chapter")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="compute N runs at once on a local Dask cluster (the CPU threads divided between them)")
+    r.add_argument("--scheduler", metavar="ADDRESS",
+                   help="compute the runs on the workers of this Dask cluster (they must share results/)")
     r.add_argument("--dry-run", action="store_true", help="list the plan and an estimate of its time")
     r.set_defaults(func=run)
 
@@ -112,13 +116,20 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"parameters/profiles/{args.profile}.yaml: no run {', '.join(unknown)} in this "
                         "profile's plan (`ssdstudy study run --dry-run` lists its runs)")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
     with study.exclusive():
         study.prepare_data()
-        if args.runs:
-            missing = set(study.plan.missing())
-            study.run_runs([r for r in args.runs if r in missing])
+        missing = set(study.plan.missing())
+        ids = [r for r in args.runs if r in missing] if args.runs else None
+        if args.workers or args.scheduler:
+            from ssdstudy.cluster import client, run_runs_on
+
+            with client(args.workers, args.scheduler) as dask_client:
+                run_runs_on(study, dask_client, ids)
         else:
-            study.run_runs()
+            study.run_runs(ids)
+        if not args.runs:
             study.run_chapters()
     print(study.report())
     return 1 if study.failures else 0
