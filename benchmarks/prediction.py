@@ -10,7 +10,7 @@ Worst case: random weights, with the classification heads set so that every clas
 every prior scores above the 0.01 threshold (all ``num_classes - 1`` x ``P`` candidate
 boxes reach the per-class candidate cap and NMS). Batch 1, 300 x 300, 2 CPU threads.
 
-    python benchmarks/prediction.py --json results/prediction_benchmark.json
+    python benchmarks/prediction.py --json results/benchmarks/prediction-cpu-2core.json
 """
 
 from __future__ import annotations

@@ -11,7 +11,13 @@ system. The study that hands the runs out holds the results folder's lock; the c
 are executed by it once every run is done.
 
 On a local cluster the CPU threads are divided between the workers (``OMP_NUM_THREADS``
-of each worker's process, which the run's kernel inherits). A task that fails is
+of each worker's process, which the run's kernel inherits), and every worker takes this
+project's folder (``SSDSTUDY_ROOT``); the workers of another cluster must be started in
+the same project folder, at the same path, or with ``SSDSTUDY_ROOT`` set to it. Each run
+is timed where it was trained, while the other workers train: its timings are then
+measured with fewer threads on a busy machine (and flagged busy, see
+:func:`ssdstudy.timing.busy_reasons`); ``ssdstudy bench`` times the models again on a
+quiet machine for the hardware chapter. A task that fails is
 reported with its run's notebook, and the other runs go on; a worker that dies is
 replaced and its run handed out again (Dask retries the task), and the run resumes
 from its last finished epoch, so nothing finished is lost.
@@ -65,8 +71,10 @@ def client(workers: int | None = None, scheduler: str | None = None) -> Iterator
         return
     if not workers or workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    from ssdstudy.paths import PROJECT
+
     threads = str(threads_per_worker(workers))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "SSDSTUDY_ROOT": str(PROJECT)}
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       env=env) as cluster, Client(cluster) as c:
         yield c

@@ -35,6 +35,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = TMP_SUFFIX) -> Itera
     tmp = temporary_beside(path, suffix)
     try:
         yield tmp
+        with open(tmp, "rb") as written:  # on disk before it takes the target's name
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -47,7 +49,7 @@ def temporary_beside(path: Path, suffix: str = TMP_SUFFIX) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
-    os.chmod(name, 0o666 & ~_umask())
+    os.chmod(name, 0o666 & ~_UMASK)
     return Path(name)
 
 
@@ -61,3 +63,7 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+#: The process's umask, read once (reading it means setting it, which is not thread-safe).
+_UMASK = _umask()

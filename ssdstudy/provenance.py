@@ -69,8 +69,9 @@ def backbone_files() -> dict[str, str]:
     root = Path(ssdstudy.__file__).resolve().parent
     files = {}
     for name in BACKBONES:
-        module = sys.modules[BACKBONES[name].__module__]
-        files[name] = Path(module.__file__).resolve().relative_to(root).as_posix()
+        path = Path(sys.modules[BACKBONES[name].__module__].__file__).resolve()
+        # a backbone registered from outside the package is not part of its compute code
+        files[name] = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
     return files
 
 

@@ -128,7 +128,8 @@ def theoretical_fields(model: SSD, *, start: int | None = None, limit: int = 409
     return sides
 
 
-def effective_fields(model: SSD, images: Iterable[Tensor], mass: float = EFFECTIVE_MASS) -> list[dict[str, float]]:
+def effective_fields(model: SSD, images: Iterable[Tensor], mass: float = EFFECTIVE_MASS,
+                     chunk: int = 8) -> list[dict[str, float]]:
     """The effective receptive field of a centre cell of each source map over
     ``images`` (preprocessed ``(3, S, S)`` tensors, as the model reads them).
 
@@ -137,11 +138,15 @@ def effective_fields(model: SSD, images: Iterable[Tensor], mass: float = EFFECTI
     centre of mass) and ``images`` (how many were averaged).
     """
     model = model.float().eval()
-    batch = torch.stack(list(images)).float()
+    images = list(images)
     out = []
     for index in range(len(model.feature_map_sizes)):
-        grad = _centre_gradient(model, batch, index).abs().sum(dim=1).mean(dim=0).double()
-        out.append({**_mass_square(grad.numpy(), mass), "images": int(batch.shape[0])})
+        total = None
+        for start in range(0, len(images), chunk):  # a few images at a time: VGG16's backward is large
+            batch = torch.stack(images[start:start + chunk]).float()
+            part = _centre_gradient(model, batch, index).abs().sum(dim=(0, 1)).double()
+            total = part if total is None else total + part
+        out.append({**_mass_square((total / len(images)).numpy(), mass), "images": len(images)})
     return out
 
 

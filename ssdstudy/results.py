@@ -178,6 +178,15 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
     return row
 
 
+def finished_result(run_dir: str | Path) -> dict[str, Any]:
+    """A finished run's results read from its files, as :func:`ssdstudy.pipeline.execute_run`
+    returns them (``{"metrics", "timing", "history", "run_dir"}``), for a run whose
+    checkpoint is not here (a published run): its notebook is made without training."""
+    paths = RunPaths(Path(run_dir))
+    return {"metrics": _read_json(paths.metrics), "timing": _read_json(paths.timing),
+            "history": pd.read_csv(paths.history), "run_dir": str(paths.root)}
+
+
 def run_paths(profile: str, results: Path | None = None) -> list[RunPaths]:
     root = (results or RESULTS) / profile / "runs"
     return [RunPaths(p) for p in sorted(root.iterdir()) if p.is_dir()] if root.is_dir() else []

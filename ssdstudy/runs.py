@@ -55,6 +55,16 @@ def folder_lock(path: Path) -> Iterator[None]:
         yield
 
 
+def locked_workspace(config: RunConfig, *, progress: bool = True):
+    """The :class:`~ssdstudy.workspace.Workspace` of ``config``, its generated dataset (if
+    it asks for one and it is missing) made by one writer at a time."""
+    from ssdstudy.paths import resolve_path
+    from ssdstudy.workspace import Workspace
+
+    with folder_lock(resolve_path(config.data.root)):
+        return Workspace(config, progress=progress)
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path

@@ -257,9 +257,12 @@ def execute_notebook(template: Path, output: Path, parameters: dict[str, Any], c
         if tmp.exists():
             os.replace(tmp, output.with_name(output.stem + ".failed.ipynb"))
         raise
-    hide_parameter_cells(tmp)
-    scrub_machine_paths(tmp, cwd)
-    os.replace(tmp, output)
+    try:
+        hide_parameter_cells(tmp)
+        scrub_machine_paths(tmp, cwd)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
     output.with_name(output.stem + ".failed.ipynb").unlink(missing_ok=True)
 
 
@@ -353,18 +356,14 @@ class Study:
 
     def prepare_data(self) -> None:
         """Write the generated datasets the missing runs need (once, before the runs)."""
-        from ssdstudy.workspace import Workspace
-
         roots = {}
         for run_id in self.plan.missing():
             cfg = self.plan.runs[run_id]
             roots.setdefault((cfg.data.root, str(cfg.data.synth)), cfg)
-        from ssdstudy.paths import resolve_path
-        from ssdstudy.runs import folder_lock
+        from ssdstudy.runs import locked_workspace
 
         for cfg in roots.values():
-            with folder_lock(resolve_path(cfg.data.root)):  # another study may be writing it now
-                Workspace(cfg, progress=self.progress)
+            locked_workspace(cfg, progress=self.progress)  # another study may be writing it now
 
     def finish_notebooks(self) -> list[str]:
         """Execute the notebook of every run that is finished but has none (trains nothing:
@@ -512,7 +511,9 @@ def run_study(profile: str, *, only: list[str] | None = None, book: bool = True,
     false nothing is trained: the chapters are made from the runs found (the published
     study), and the runs still to compute are listed in ``study.skipped``."""
     study = Study(profile, root=root, results=results, only=only, progress=progress)
-    with study.exclusive():
+    # a book of what is published now does not wait for a study computing more (which may
+    # take days); the runs it finishes are held by their own locks
+    with study.exclusive() if train else contextlib.nullcontext():
         _run(study, book=book, train=train)
     return study
 

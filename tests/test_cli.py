@@ -221,8 +221,8 @@ def test_bench_writes_a_hardware_file_with_each_backbones_training_set(tmp_path,
     monkeypatch.setattr(config, "PARAMETERS", tmp_path / "parameters")
     monkeypatch.setattr(study, "PARAMETERS", tmp_path / "parameters")
     out = tmp_path / "machine.json"
-    assert main(["bench", "--profile", "benchtest", "--devices", "cpu", "--train-steps", "1",
-                 "--width", "0.25", "--machine", "test-box", "--out", str(out)]) == 0
+    assert main(["bench", "--profile", "benchtest", "--devices", "cpu", "--train-steps", "1", "--backbones", "vgg16",
+                 "mobilenet_v1", "--width", "0.25", "--machine", "test-box", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["machine"] == "test-box" and result["profile"] == "benchtest"
     entries = {e["backbone"]: e for e in result["entries"]}

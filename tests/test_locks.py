@@ -63,7 +63,9 @@ def test_a_waiter_is_told_whom_it_waits_for_and_goes_on_after(tmp_path):
     with exclusive(lock):
         thread = threading.Thread(target=second)
         thread.start()
-        time.sleep(0.3)
+        deadline = time.time() + 10
+        while not told and time.time() < deadline:  # the second is waiting, and was told for whom
+            time.sleep(0.01)
         order.append("first done")
     thread.join(5)
     assert order == ["first done", "second"]

@@ -377,14 +377,16 @@ def test_a_run_killed_before_its_notebook_is_finished_and_reported(smoke_study, 
     root = book_sources(tmp_path)
     results = root / "results"
     run_id = next(iter(make_plan("smoke", only=["hardware"]).runs))
+    # as published: without its checkpoint, which must not make it train again
     shutil.copytree(smoke_study.plan.paths(run_id).root, results / "smoke" / "runs" / run_id,
-                    ignore=shutil.ignore_patterns("run.ipynb"))
+                    ignore=shutil.ignore_patterns("run.ipynb", "checkpoint.pt"))
     study = Study("smoke", root=root, results=results, only=["hardware"], progress=False)
     assert study.plan.status(run_id) == "to finish"
     history = study.plan.paths(run_id).history.read_text()
     assert study.run_runs([run_id]) == [run_id]
     assert study.plan.status(run_id) == "found"
     assert study.plan.paths(run_id).history.read_text() == history  # nothing trained again
+    assert not study.plan.paths(run_id).checkpoint.exists()
     assert f"runs 1 finished (their notebook was missing): {run_id}" in study.report()
 
 
@@ -407,6 +409,9 @@ def test_runs_on_a_local_dask_cluster_are_those_of_the_serial_study(smoke_study,
     for run_id in study.plan.runs:
         history = study.plan.paths(run_id).history.read_text().splitlines()
         assert [line.split(",")[0] for line in history[1:]] == ["1"]
-        alone = json.loads(smoke_study.plan.paths(run_id).metrics.read_text())
-        assert json.loads(study.plan.paths(run_id).metrics.read_text())["voc07_map"] == alone["voc07_map"]
+        # each worker trains with one thread, the serial study with two: the sums of a
+        # convolution are taken in another order, so equal up to rounding, not to the bit
+        loss = float(history[1].split(",")[1])
+        alone = smoke_study.plan.paths(run_id).history.read_text().splitlines()
+        assert loss == pytest.approx(float(alone[1].split(",")[1]), rel=1e-3)
     assert study.plan.missing() == []

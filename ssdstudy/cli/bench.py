@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--profile", default="default", help="profile whose data, input size and timing settings to use")
     p.add_argument("--checkpoint", help="time this trained model instead of the profile's models")
-    p.add_argument("--backbones", nargs="+", default=["vgg16", "mobilenet_v1"])
+    p.add_argument("--backbones", nargs="+", default=["vgg16", "mobilenet_v1", "squeezenet"])
     p.add_argument("--width", type=float, default=1.0, help="MobileNetV1 width multiplier")
     p.add_argument("--image-size", type=int, help="input size (default: the profile's)")
     p.add_argument("--devices", nargs="+", help="cpu, cuda, mps (default: every one present)")
@@ -76,8 +76,10 @@ def profile_run(profile: Any, cfg: Any, results: Path) -> tuple[str | None, Path
 
     names = sorted(profile.study.experiments, key=lambda n: (n not in _FIRST, _FIRST.index(n) if n in _FIRST else 0))
     want = (cfg.model.backbone, cfg.model.width, cfg.model.image_size)
+    # the same architecture: the backbone's own default boxes (not a tiling run's)
     ids = [run.run_id for name in names for run in read_experiment(name, profile).runs
-           if (run.model.backbone, run.model.width, run.model.image_size) == want]
+           if (run.model.backbone, run.model.width, run.model.image_size) == want
+           and run.model.priors is None and not run.model.stride8_map]
     ids = list(dict.fromkeys(ids))
     if not ids:
         return None, None
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from ssdstudy.memory import memory_for_config
     from ssdstudy.model import build_from_config
     from ssdstudy.pipeline import load_model, timing_images
-    from ssdstudy.runs import RESULTS, RunPaths
+    from ssdstudy.runs import RESULTS, RunPaths, locked_workspace
     from ssdstudy.timing import (
         BUSY_RULE,
         MEMORY_DEVICES,
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         watch_load,
     )
     from ssdstudy.train import Trainer
-    from ssdstudy.workspace import Workspace, available_devices
+    from ssdstudy.workspace import available_devices
 
     profile = read_profile(args.profile)
     results = Path(args.results) if args.results else RESULTS
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         # the trained model fixes the input size and width
         cfg = bench_config(cfg.model.backbone, {"width": cfg.model.width, "image_size": cfg.model.image_size})
         weights = {"weights": f"trained ({Path(args.checkpoint).name})", "trained": True}
-        models.append((cfg, Workspace(cfg), model, weights))
+        models.append((cfg, locked_workspace(cfg), model, weights))
     else:
         for backbone in args.backbones:
             cfg = bench_config(backbone, {"width": args.width if backbone == "mobilenet_v1" else 1.0,
@@ -149,10 +151,10 @@ def run(args: argparse.Namespace) -> int:
                 cfg = bench_config(trained_cfg.model.backbone, {"width": trained_cfg.model.width,
                                                                 "image_size": trained_cfg.model.image_size,
                                                                 "pretrained": None})
-                workspace = Workspace(cfg)
+                workspace = locked_workspace(cfg)
                 weights = {"weights": f"trained (run {run_id})", "trained": True, "run_id": run_id}
             else:
-                workspace = Workspace(cfg)
+                workspace = locked_workspace(cfg)
                 model = build_from_config(cfg.model, len(workspace.class_names) + 1)
                 why = (f"no checkpoint of run {run_id} here" if run_id
                        else f"profile {profile.name} trains no such model")

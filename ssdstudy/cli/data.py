@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,15 +99,18 @@ def _synth(args: argparse.Namespace) -> int:
         )
         return 0
     start = time.perf_counter()
-    folder = generate(
-        args.out_dir,
-        train=args.train,
-        test=args.test,
-        seed=args.seed,
-        workers=args.workers,
-        progress=not args.quiet,
-        force=args.force,
-    )
+    from ssdstudy.runs import folder_lock
+
+    with folder_lock(Path(args.out_dir).resolve()):  # one writer at a time
+        folder = generate(
+            args.out_dir,
+            train=args.train,
+            test=args.test,
+            seed=args.seed,
+            workers=args.workers,
+            progress=not args.quiet,
+            force=args.force,
+        )
     print(
         f"{folder}: {args.train} trainval + {args.test} test images (seed {args.seed}) "
         f"in {time.perf_counter() - start:.1f} s"

@@ -75,10 +75,11 @@ def _train(args: argparse.Namespace, config, paths) -> int:
                 raise UserError(f"{paths.root}: another process is computing this run now ({holder})")
             if args.restart:
                 paths.clear()  # the run's own files only: anything else in the folder stays
-            if distributed.active():
-                from ssdstudy.workspace import Workspace
+            # a generated dataset is made here, once, by one writer at a time (another run or
+            # study may be making the same one)
+            from ssdstudy.runs import locked_workspace
 
-                Workspace(config, progress=not args.no_progress)  # a generated dataset: made once, here
+            locked_workspace(config, progress=not args.no_progress)
 
         distributed.on_main(prepare)
         try:
