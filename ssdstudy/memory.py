@@ -108,10 +108,11 @@ def _trim() -> None:
         pass
 
 
-def rss_mb() -> float:
-    """The process's resident set now (MiB), freed memory handed back first; where
-    ``/proc`` is missing, its peak."""
-    _trim()
+def rss_mb(trim: bool = True) -> float:
+    """The process's resident set now (MiB), with ``trim`` freed memory handed back
+    first; where ``/proc`` is missing, its peak."""
+    if trim:
+        _trim()
     now = _status_mb("VmRSS")
     return now if now is not None else _maxrss_mb()
 

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssdstudy.memory import peak_rss_mb, rss_mb
 from ssdstudy.predict import decode_outputs, select_detections
 from ssdstudy.provenance import cpu_name, device_name
 
@@ -60,21 +59,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            pages = int(fh.read().split()[1])
-        return pages * resource.getpagesize() / 2**20
-    except OSError:  # not Linux: fall back on the peak
-        return _peak_rss_mb()
-
-
-def _peak_rss_mb() -> float:
-    """The process's peak resident set (ru_maxrss: bytes on macOS, KiB on Linux)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def summary(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -278,11 +262,11 @@ def time_models(
         with torch.inference_mode():
             for st in states:  # warm-up, one subject at a time
                 _set_threads(st.threads)
-                rss = _rss_mb()
+                rss = rss_mb(trim=False)
                 model, sizes = st.subject.model, st.subject.image_sizes
                 for i in range(min(warmup, len(st.batch))):
                     _staged(model, st.batch[i], [sizes[i]], device, "batched", kw)
-                st.rss_growth_mb = max(0.0, _rss_mb() - rss)
+                st.rss_growth_mb = max(0.0, rss_mb(trim=False) - rss)
             with watch_load() as load:
                 for i in range(max((len(st.batch) for st in states), default=0)):
                     for st in states:  # round robin: one image of each subject in turn
@@ -378,7 +362,7 @@ def _result(st: _State, tb: int, device: torch.device, load: dict[str, Any], ref
         result["peak_memory_mb"] = st.peak_memory_mb
         result["memory_kind"] = "cuda_max_allocated"
     else:
-        result["peak_memory_mb"] = _peak_rss_mb()
+        result["peak_memory_mb"] = peak_rss_mb()
         result["rss_growth_mb"] = st.rss_growth_mb
         result["memory_kind"] = "process_rss"
     result["load"] = dict(load)
