@@ -358,9 +358,9 @@ def test_two_concurrent_studies_of_an_installed_package(smoke_study, installed_p
     assert second.returncode == 0, second.stderr[-2000:]
     assert f"another study is computing it (pid {first.pid} on" in second.stderr
     assert "all runs and chapters finished" in second.stdout and not second.stdout.startswith("runs ")
-    assert f"{len(plan.runs)} trained: " in out
     runs = root / "results" / "smoke" / "runs"
     plan = make_plan("smoke", only=["hardware", "nms"], results=root / "results")
+    assert f"{len(plan.runs)} trained: " in out
     assert sorted(p.name for p in runs.iterdir()) == sorted(plan.runs)
     for run_id in plan.runs:
         history = (runs / run_id / "history.csv").read_text().splitlines()
