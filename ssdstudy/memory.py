@@ -123,6 +123,20 @@ def peak_rss_mb() -> float:
     return peak if peak is not None else _maxrss_mb()
 
 
+def _mark_before_step(out: dict[str, Any], device: Any, cuda: bool) -> float | None:
+    """Record the resident set (and on CUDA the allocated memory, its peak reset) just
+    before the step measured; returns the file-backed resident memory then."""
+    import torch
+
+    out["before_mb"] = rss_mb()
+    file_before = _status_mb("RssFile")
+    if cuda:
+        torch.cuda.synchronize(device)
+        out["cuda_before_mb"] = _mb(torch.cuda.memory_allocated(device))
+        torch.cuda.reset_peak_memory_stats(device)
+    return file_before
+
+
 def _synthetic_targets(n: int, num_classes: int, generator: Any) -> tuple[list, list]:
     """``n`` images' worth of 1 to 4 random boxes (normalised xyxy) and labels."""
     import torch
@@ -209,12 +223,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         loc_t, cls_t = loc_t.to(device), cls_t.to(device)
         out["positives"] = int((cls_t > 0).sum())
         criterion = MultiBoxLoss(neg_pos_ratio=spec.get("neg_pos_ratio", 3.0))
-        out["before_mb"] = rss_mb()
-        file_before = _status_mb("RssFile")
-        if cuda:
-            torch.cuda.synchronize(device)
-            out["cuda_before_mb"] = _mb(torch.cuda.memory_allocated(device))
-            torch.cuda.reset_peak_memory_stats(device)
+        file_before = _mark_before_step(out, device, cuda)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             locs, logits = model(images)
         loc_loss, cls_loss = criterion(locs.float(), logits.float(), loc_t, cls_t)
@@ -227,12 +236,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         out.update(batch_size=1, precision="fp32")
         image = torch.randn(1, 3, size, size)
-        out["before_mb"] = rss_mb()
-        file_before = _status_mb("RssFile")
-        if cuda:
-            torch.cuda.synchronize(device)
-            out["cuda_before_mb"] = _mb(torch.cuda.memory_allocated(device))
-            torch.cuda.reset_peak_memory_stats(device)
+        file_before = _mark_before_step(out, device, cuda)
         kw = {k: spec[k] for k in ("score_threshold", "nms_iou", "top_k") if spec.get(k) is not None}
         for _ in range(2):
             dets = predict(model, image, [(size, size)], **kw)
