@@ -259,6 +259,7 @@ def execute_notebook(template: Path, output: Path, parameters: dict[str, Any], c
         raise
     try:
         hide_parameter_cells(tmp)
+        collapse_redraws(tmp)
         scrub_machine_paths(tmp, cwd)
         os.replace(tmp, output)
     finally:
@@ -276,6 +277,37 @@ def hide_parameter_cells(path: Path) -> None:
         tags = cell.metadata.get("tags", [])
         if ("parameters" in tags or "injected-parameters" in tags) and "remove-cell" not in tags:
             cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, path)
+
+
+def final_frames(text: str) -> str:
+    """``text`` as a terminal shows it at the end: of each line redrawn with carriage
+    returns (a progress bar), only its last drawing."""
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def collapse_redraws(path: Path) -> None:
+    """Write the executed notebook with each cell's consecutive stream outputs joined and
+    progress bars kept at their last drawing: tqdm redraws a bar a few times a second, and
+    a run's notebook held megabytes of redraws; what a reader sees is the final line."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                text = out["text"] if isinstance(out["text"], str) else "".join(out["text"])
+                if outputs and outputs[-1].get("output_type") == "stream" and outputs[-1]["name"] == out["name"]:
+                    outputs[-1]["text"] += text
+                    continue
+                out["text"] = text
+            outputs.append(out)
+        for out in outputs:
+            if out.get("output_type") == "stream":
+                out["text"] = final_frames(out["text"])
+        if "outputs" in cell:
+            cell["outputs"] = outputs
     nbformat.write(nb, path)
 
 

@@ -96,6 +96,31 @@ def test_runs_keep_outcomes_with_their_size_bins(smoke_study):
         assert counts == {name: v["images"] for name, v in metrics["size_bins"].items()}
 
 
+def test_executed_notebooks_keep_a_progress_bar_at_its_last_drawing(tmp_path):
+    """tqdm's redraws (carriage returns, one stream message each) are joined and kept as
+    the terminal shows them at the end; other output is kept whole."""
+    import nbformat
+
+    from ssdstudy.study import collapse_redraws
+
+    bar = [nbformat.v4.new_output("stream", name="stderr", text=f"\repoch 1: {p:3d}%|") for p in range(0, 101, 10)]
+    cell = nbformat.v4.new_code_cell("train()", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="training\n"), *bar,
+        nbformat.v4.new_output("stream", name="stderr", text="\nUserWarning: kept\n"),
+        nbformat.v4.new_output("execute_result", data={"text/plain": "1\r2"}, execution_count=1)])
+    path = tmp_path / "run.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("a\rb")]), path)
+    collapse_redraws(path)
+    nb = nbformat.read(path, as_version=4)
+    outputs = nb.cells[0].outputs
+    assert [(o.output_type, o.get("name")) for o in outputs] == [("stream", "stdout"), ("stream", "stderr"),
+                                                                  ("execute_result", None)]
+    assert outputs[0].text == "training\n"
+    assert outputs[1].text == "epoch 1: 100%|\nUserWarning: kept\n"
+    assert outputs[2].data["text/plain"] == "1\r2"
+    assert nb.cells[1].source == "a\rb"
+
+
 def test_failing_notebook_is_reported_and_keeps_finished_results(tmp_path):
     root = book_sources(tmp_path)
     # a run template that fails for every run
@@ -416,3 +441,53 @@ def test_runs_on_a_local_dask_cluster_are_those_of_the_serial_study(smoke_study,
         alone = smoke_study.plan.paths(run_id).history.read_text().splitlines()
         assert loss == pytest.approx(float(alone[1].split(",")[1]), rel=1e-2)
     assert study.plan.missing() == []
+
+
+@pytest.mark.slow
+def test_a_dask_worker_killed_mid_run_loses_no_finished_epoch(tmp_path):
+    """`study run --workers 1`: the worker computing a run is killed (SIGKILL) after the
+    run's first epoch; Dask's nanny starts a new worker, the run is handed to it, and it
+    resumes from the checkpoint: every epoch is in the history once, the epoch finished
+    before the kill is not trained again, and the run finishes with its notebook."""
+    import psutil
+    import yaml
+
+    root = book_sources(tmp_path)
+    shutil.copytree(PROJECT / "parameters", root / "parameters")
+    profile = yaml.safe_load((PROJECT / "parameters" / "profiles" / "smoke.yaml").read_text())
+    profile["profile"]["name"] = "smoke-long"
+    profile["study"]["experiments"] = ["hardware"]
+    profile["train"]["epochs"] = 5
+    (root / "parameters" / "profiles" / "smoke-long.yaml").write_text(yaml.safe_dump(profile))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["SSDSTUDY_ROOT"] = str(root)
+    env["PYTHONPATH"] = str(PROJECT)
+    base = [sys.executable, "-m", "ssdstudy.cli", "study", "run", "--profile", "smoke-long"]
+    listing = subprocess.run(base + ["--dry-run"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    run_id = next(line.split()[0] for line in listing.stdout.splitlines() if "MobileNetV1" in line)
+    study = subprocess.Popen(base + ["--runs", run_id, "--workers", "1", "--no-progress"], cwd=root, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = root / "results" / "smoke-long" / "runs" / run_id
+    history = run / "history.csv"
+
+    def epochs() -> list[str]:
+        lines = history.read_text().splitlines() if history.is_file() else []
+        return lines[1:]
+
+    deadline = time.time() + 600
+    while not epochs() and time.time() < deadline and study.poll() is None:
+        time.sleep(0.05)
+    before = epochs()
+    assert before and not (run / "metrics.json").exists(), "the run finished before it could be killed"
+    kernels = [p for p in psutil.Process(study.pid).children(recursive=True)
+               if any("ipykernel" in part for part in p.cmdline())]
+    assert len(kernels) == 1, kernels
+    worker = kernels[0].parent()
+    worker.send_signal(signal.SIGKILL)
+    out, err = study.communicate(timeout=900)
+    assert study.returncode == 0, err[-3000:]
+    after = epochs()
+    assert [row.split(",")[0] for row in after] == [str(e) for e in range(1, 6)]
+    assert after[: len(before)] == before  # what was finished before the kill, kept as it was
+    assert (run / "metrics.json").is_file() and (run / "run.ipynb").is_file()
+    assert f"runs 1 resumed from their last epoch: {run_id}" in out
