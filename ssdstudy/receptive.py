@@ -206,9 +206,11 @@ def study_fields(profile: str, results: Path | None = None, *, images: int = EFF
     """The fields of each baseline of ``profile`` (the backbone experiment's runs with
     augmentation and 3:1 mining; the width experiment's too where trained), one row per
     source map:
-    theoretical always, effective where the run's checkpoint is on this machine (the
-    checkpoints are not published: ``ssdstudy study fields`` writes the effective fields of
-    the machine that trained the runs into :func:`fields_path`)."""
+    theoretical always, effective where the run's checkpoint, or that of the same setting
+    with another seed (the seeds experiment), is on this machine (the row's ``run_id``
+    says which run was measured; the checkpoints are not published: ``ssdstudy study
+    fields`` writes the effective fields of the machine that trained the runs into
+    :func:`fields_path`)."""
     import pandas as pd
 
     from ssdstudy.augment import build_transform
@@ -228,9 +230,20 @@ def study_fields(profile: str, results: Path | None = None, *, images: int = EFF
             for cfg in read_experiment(name, prof).runs:
                 if cfg.augment.enabled and cfg.loss.neg_pos_ratio == 3:
                     configs.setdefault(cfg.run_id, (name, cfg))
+    def checkpoint_of(run_id: str) -> Path:
+        return (results or RESULTS) / profile / "runs" / run_id / "checkpoint.pt"
+
+    # the same setting trained with another seed stands in for a baseline whose checkpoint
+    # is not on this machine (a field is a property of a trained model, not of one seed)
+    others = read_experiment("seeds", prof).runs if "seeds" in prof.study.experiments else []
     frames = []
     for run_id, (name, cfg) in configs.items():
-        checkpoint = (results or RESULTS) / profile / "runs" / run_id / "checkpoint.pt"
+        if not checkpoint_of(run_id).is_file():
+            stand_in = next((o for o in others if _unseeded(o) == _unseeded(cfg) and checkpoint_of(o.run_id).is_file()),
+                            None)
+            if stand_in is not None:
+                run_id, cfg = stand_in.run_id, stand_in
+        checkpoint = checkpoint_of(run_id)
         trained = checkpoint.is_file() and images > 0
         if name == "width" and not trained:
             continue  # a width changes no field, only what training makes of it
@@ -245,6 +258,13 @@ def study_fields(profile: str, results: Path | None = None, *, images: int = EFF
         table.insert(0, "run_id", run_id)
         frames.append(table)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _unseeded(cfg) -> dict:
+    """A run's configuration without its seed: the setting it trains."""
+    data = cfg.to_dict()
+    data["train"].pop("seed")
+    return data
 
 
 def disagreements(fields) -> str:

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from ssdstudy.model import build_model
+from ssdstudy.model import build_from_config, build_model
 from ssdstudy.receptive import (
     _mass_square,
     box_sides,
     effective_fields,
     field_table,
+    study_fields,
     theoretical_fields,
 )
 
@@ -115,3 +116,31 @@ def test_fields_command_checks_its_image_count(capsys):
 
     assert main(["study", "fields", "--profile", "smoke", "--images", "0"]) == 2
     assert "--images must be at least 1" in capsys.readouterr().err
+
+
+def test_a_baseline_without_checkpoint_is_measured_on_another_seed_of_its_setting(tmp_path):
+    """The effective field needs a trained model: where the backbone experiment's
+    MobileNetV1 has no checkpoint here, that of its seed-1 run (seeds experiment) is
+    measured, and the row names that run."""
+    from ssdstudy.config import read_profile
+    from ssdstudy.study import read_experiment
+    from ssdstudy.workspace import Workspace
+
+    prof = read_profile("smoke")
+    seed1 = next(c for c in read_experiment("seeds", prof).runs
+                 if c.model.backbone == "mobilenet_v1" and c.train.seed == 1 and c.augment.enabled
+                 and c.model.width == 1.0)
+    baseline = next(c for c in read_experiment("backbone", prof).runs
+                    if c.model.backbone == "mobilenet_v1" and c.augment.enabled)
+    names = Workspace(seed1, progress=False).class_names
+    torch.manual_seed(0)
+    model = build_from_config(seed1.model, len(names) + 1)
+    folder = tmp_path / "smoke" / "runs" / seed1.run_id
+    folder.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "config": seed1.to_dict(), "class_names": list(names)},
+               folder / "checkpoint.pt")
+    fields = study_fields("smoke", results=tmp_path, images=1)
+    mobilenet = fields[fields["label"] == "MobileNetV1"]
+    assert set(mobilenet["run_id"]) == {seed1.run_id} and baseline.run_id not in set(fields["run_id"])
+    assert mobilenet["effective"].notna().all()
+    assert fields[fields["label"] == "VGG16"]["effective"].isna().all()  # no checkpoint of any seed
