@@ -10,7 +10,9 @@ graph) and its prediction (:meth:`detect`: forward + decoding + score threshold 
 per-class NMS + top-k). Figures are medians with the interquartile range over the
 images, and the ratio of each runtime's median to eager float32's (and the median of
 the per-image ratios, steadier on a busy machine). Throughput: ``detect`` at
-``--throughput-batch``.
+``--throughput-batch``. Each runtime's figures are flagged ``busy`` by the study's rule
+(:data:`ssdstudy.timing.BUSY_RULE`: a wide spread, or other processes keeping the
+benchmark's cores busy, from the load watched while it timed).
 
 Weights: without ``--checkpoint``, random initialisation, with which nearly every class
 of every default box passes the 0.01 score threshold: NMS's worst case, which makes the
@@ -56,6 +58,7 @@ from ssdstudy.runtimes import (
     runtime_name,
     time_runtimes,
 )
+from ssdstudy.timing import BUSY_RULE, busy_reasons, watch_load
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -199,13 +202,20 @@ def bench_model(model: torch.nn.Module, config: Any, class_names: tuple[str, ...
     e = config.eval
     post = {"score_threshold": e.score_threshold, "nms_iou": e.nms_iou, "top_k": e.top_k}
     print(f"timing {len(images)} images...", file=sys.stderr, flush=True)
-    timed = time_runtimes(runtimes, images, sizes, warmup=args.warmup, throughput_batch=args.throughput_batch,
-                          seed=args.seed, **post)
+    with watch_load() as load:
+        timed = time_runtimes(runtimes, images, sizes, warmup=args.warmup, throughput_batch=args.throughput_batch,
+                              seed=args.seed, **post)
+    for t in timed.values():  # the study's rule: a wide spread, or other processes on our cores
+        reasons = busy_reasons({"inference_ms": {"median": t["inference_ms"], "iqr": t["inference_iqr_ms"]}},
+                               load, args.threads)
+        t.update(busy=bool(reasons), busy_reasons=reasons)
     entry: dict[str, Any] = {
         "model": {"backbone": model.backbone_name, "width": model.width, "image_size": model.image_size,
                   "num_classes": model.num_classes, "num_priors": model.num_priors, "weights": weights,
                   "parameters": sum(p.numel() for p in model.parameters())},
         "runtimes": timed,
+        "load": load,
+        "busy_rule": BUSY_RULE,
         "inputs": inputs,
         "int8_calibration": calibrated_on if "int8" in runtimes else None,
         "postprocess": {**post, "candidate_size": 200},
@@ -227,6 +237,8 @@ def print_table(entry: dict[str, Any]) -> None:
                 f"{t['prediction_ms']:10.2f} ({t['prediction_iqr_ms']:5.2f})"
                 f"{t['ratio_to_eager']['prediction']:9.2f}{t['paired_ratio_to_eager']['prediction']:8.2f}"
                 f"{t['throughput_images_per_s']:8.1f}{t['first_call_s']:11.1f}")
+        if t["busy"]:
+            line += "  BUSY: " + "; ".join(t["busy_reasons"])
         if "map" in entry:
             s = entry["map"]["runtimes"][name]
             line += f"    {s['voc07_map']:.4f}"

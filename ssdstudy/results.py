@@ -357,8 +357,9 @@ def runtimes_folder(profile: str, results: Path | None = None) -> Path:
 def load_runtimes(profile: str, results: Path | None = None) -> pd.DataFrame:
     """One row per runtime and model of every runtime file of ``profile``: its inference
     and prediction medians and spreads, their ratios to eager float32 measured in the same
-    process, the share of prediction spent after inference, and (with ``--map``) its
-    VOC07 mAP and the paired bootstrap difference to eager float32's."""
+    process, the share of prediction spent after inference, whether it was timed on a
+    busy machine, and (with ``--map``) its VOC07 mAP and the paired bootstrap difference
+    to eager float32's."""
     rows = []
     folder = runtimes_folder(profile, results)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -379,6 +380,7 @@ def load_runtimes(profile: str, results: Path | None = None) -> pd.DataFrame:
                     "prediction_ms": prediction, "prediction_ms_iqr": _nan(t.get("prediction_iqr_ms")),
                     "prediction_vs_eager": _nan((t.get("ratio_to_eager") or {}).get("prediction")),
                     "after_inference_share": (prediction - inference) / prediction if prediction > 0 else np.nan,
+                    "busy": bool(t.get("busy", False)), "busy_reason": "; ".join(t.get("busy_reasons") or []),
                     "voc07_map": _nan(score.get("voc07_map")),
                     "map_difference": _nan(diff.get("difference")),
                     "map_difference_low": _nan(diff.get("low")), "map_difference_high": _nan(diff.get("high")),

@@ -236,7 +236,8 @@ def test_published_runtime_files_are_read_and_drawn(tmp_path):
     timed = {"eager_fp32": {"inference_ms": 15.0, "prediction_ms": 20.0, "inference_iqr_ms": 1.0,
                             "prediction_iqr_ms": 2.0, "ratio_to_eager": {"prediction": 1.0}},
              "int8": {"inference_ms": 5.0, "prediction_ms": 8.0, "inference_iqr_ms": 0.5,
-                      "prediction_iqr_ms": 1.0, "ratio_to_eager": {"prediction": 0.4}}}
+                      "prediction_iqr_ms": 1.0, "ratio_to_eager": {"prediction": 0.4},
+                      "busy": True, "busy_reasons": ["other processes kept 1.5 of 2 CPUs busy"]}}
     scores = {"runtimes": {"eager_fp32": {"voc07_map": 0.6},
                            "int8": {"voc07_map": 0.58,
                                     "difference_to_eager": {"difference": -0.02, "low": -0.03, "high": -0.01}}}}
@@ -248,5 +249,6 @@ def test_published_runtime_files_are_read_and_drawn(tmp_path):
     int8 = df.set_index("runtime").loc["int8"]
     assert int8["prediction_vs_eager"] == 0.4 and int8["after_inference_share"] == pytest.approx(3 / 8)
     assert int8["map_difference_low"] == -0.03 and int8["machine"] == "CPU X"
+    assert int8["busy"] and "1.5 of 2 CPUs" in int8["busy_reason"] and not df["busy"].iloc[0]
     assert len(runtime_tradeoff(df).axes) == 1
     assert load_runtimes("smoke", results=tmp_path / "none").empty
