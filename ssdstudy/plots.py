@@ -579,7 +579,8 @@ def runtime_tradeoff(df: pd.DataFrame) -> Figure:
 
 def receptive_fields(fields: pd.DataFrame) -> Figure:
     """Receptive fields against default boxes, one panel per model: per source map, the
-    theoretical field (circle), the effective field (diamond, where measured) and the
+    theoretical field (circle), the effective field (diamond, where measured, with its
+    95 % bootstrap interval over the images) and the
     span of its default boxes from the small square to the longest side (bar, the big
     square marked); sides in input pixels, on a log scale, the input's side dashed."""
     with _style():
@@ -597,6 +598,8 @@ def receptive_fields(fields: pd.DataFrame) -> Figure:
             ax.plot(x, rows["theoretical"], "o", color=_PALETTE[0], label="theoretical field")
             if "effective" in rows and rows["effective"].notna().any():
                 ax.plot(x, rows["effective"], "D", color=_PALETTE[1], label="effective field")
+                if "effective_high" in rows and rows["effective_high"].notna().any():
+                    ax.vlines(x, rows["effective_low"], rows["effective_high"], color=_PALETTE[1], lw=1.2)
             size = rows.get("image_size")
             if size is not None and size.notna().any():
                 ax.axhline(float(size.iloc[0]), color="0.3", ls="--", lw=0.8)

@@ -16,7 +16,8 @@ few default boxes of fixed sizes. What a cell can see is its receptive field:
   trained network. The gradient of the centre cell (summed over channels) with respect
   to real test images, in absolute value summed over colour channels and averaged over
   the images; its size is the side of the smallest square, centred on the gradient's
-  centre of mass, that holds :data:`EFFECTIVE_MASS` of it (clipped by the image).
+  centre of mass, that holds :data:`EFFECTIVE_MASS` of it (clipped by the image); its
+  noise, the 95 % bootstrap interval over the images averaged.
 
 The default boxes of map k range from the small square of side ``min_size`` to the
 longest side of its elongated boxes (``min_size * sqrt(max aspect ratio)``) and the big
@@ -38,6 +39,8 @@ from ssdstudy.model import SSD
 
 #: Share of the gradient the effective field's square holds.
 EFFECTIVE_MASS = 0.95
+#: Bootstrap draws of the images for the effective field's interval.
+EFFECTIVE_RESAMPLES = 200
 
 
 def feature_maps(model: SSD, x: Tensor) -> list[Tensor]:
@@ -129,24 +132,35 @@ def theoretical_fields(model: SSD, *, start: int | None = None, limit: int = 409
 
 
 def effective_fields(model: SSD, images: Iterable[Tensor], mass: float = EFFECTIVE_MASS,
-                     chunk: int = 8) -> list[dict[str, float]]:
+                     chunk: int = 8, resamples: int = EFFECTIVE_RESAMPLES, seed: int = 0) -> list[dict[str, float]]:
     """The effective receptive field of a centre cell of each source map over
     ``images`` (preprocessed ``(3, S, S)`` tensors, as the model reads them).
 
     Returns, per map: ``side`` (px, the square holding ``mass`` of the mean absolute
-    gradient, clipped by the image), ``centre_x``, ``centre_y`` (px, the gradient's
-    centre of mass) and ``images`` (how many were averaged).
+    gradient, clipped by the image), ``side_low`` and ``side_high`` (the 95 % bootstrap
+    interval of ``side`` over the images: ``resamples`` draws of the images with
+    replacement, each giving the side of its mean gradient; NaN with one image or
+    ``resamples`` 0), ``centre_x``, ``centre_y`` (px, the gradient's centre of mass) and
+    ``images`` (how many were averaged).
     """
     model = model.float().eval()
     images = list(images)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(images), size=(resamples, len(images))) if len(images) > 1 else None
     out = []
     for index in range(len(model.feature_map_sizes)):
-        total = None
+        parts = []
         for start in range(0, len(images), chunk):  # a few images at a time: VGG16's backward is large
             batch = torch.stack(images[start:start + chunk]).float()
-            part = _centre_gradient(model, batch, index).abs().sum(dim=(0, 1)).double()
-            total = part if total is None else total + part
-        out.append({**_mass_square((total / len(images)).numpy(), mass), "images": len(images)})
+            parts.append(_centre_gradient(model, batch, index).abs().sum(dim=1).double())
+        per_image = torch.cat(parts).numpy()  # (N, H, W): each image's own gradient
+        found = {**_mass_square(per_image.mean(axis=0), mass), "side_low": float("nan"),
+                 "side_high": float("nan"), "images": len(images)}
+        if draws is not None and resamples > 0:
+            counts = np.stack([np.bincount(d, minlength=len(images)) for d in draws])  # (R, N)
+            sides = [_mass_square(np.tensordot(c, per_image, axes=1) / len(images), mass)["side"] for c in counts]
+            found["side_low"], found["side_high"] = (float(v) for v in np.percentile(sides, [2.5, 97.5]))
+        out.append(found)
     return out
 
 
@@ -193,6 +207,7 @@ def field_table(model: SSD, images: Iterable[Tensor] | None = None):
                **{f"box_{n}": v for n, v in boxes.items()}}
         if effective is not None:
             row["effective"] = effective[k]["side"]
+            row["effective_low"], row["effective_high"] = effective[k]["side_low"], effective[k]["side_high"]
             row["images"] = effective[k]["images"]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -200,7 +215,6 @@ def field_table(model: SSD, images: Iterable[Tensor] | None = None):
 
 #: Test images averaged for an effective field.
 EFFECTIVE_IMAGES = 50
-
 
 def study_fields(profile: str, results: Path | None = None, *, images: int = EFFECTIVE_IMAGES):
     """The fields of each baseline of ``profile`` (the backbone experiment's runs with
@@ -267,6 +281,11 @@ def _unseeded(cfg) -> dict:
     return data
 
 
+def _known(value) -> bool:
+    """A measured number: not missing, not NaN."""
+    return value is not None and not math.isnan(value)
+
+
 def disagreements(fields) -> str:
     """Sentences naming, per model, the maps whose fields and boxes disagree: a field
     smaller than the map's longest default box (the cell cannot see the whole object its
@@ -282,10 +301,15 @@ def disagreements(fields) -> str:
             if r["theoretical"] < r["box_longest"]:
                 notes.append(f"on the {name} map the theoretical field ({r['theoretical']:.0f} px) is smaller "
                              f"than the longest default box ({r['box_longest']:.0f} px)")
-            effective = r.get("effective")
-            if effective is not None and effective == effective and effective < r["box_longest"]:
-                notes.append(f"on the {name} map the effective field ({effective:.0f} px) is smaller than the "
-                             f"longest default box ({r['box_longest']:.0f} px)")
+            effective, high = r.get("effective"), r.get("effective_high")
+            if _known(effective) and effective < r["box_longest"]:
+                if _known(high) and high >= r["box_longest"]:
+                    notes.append(f"on the {name} map the effective field ({effective:.0f} px, 95 % interval up to "
+                                 f"{high:.0f} px) is too close to the longest default box ({r['box_longest']:.0f} px) "
+                                 "to call smaller")
+                else:
+                    notes.append(f"on the {name} map the effective field ({effective:.0f} px) is smaller than the "
+                                 f"longest default box ({r['box_longest']:.0f} px)")
         wide = [f"{int(r['map_size'])}x{int(r['map_size'])}" for _, r in rows.iterrows()
                 if r["theoretical"] > 2 * r.get("image_size", r["theoretical"])]
         if wide:
@@ -309,7 +333,7 @@ def write_fields(profile: str, results: Path | None = None, *, images: int = EFF
     path = fields_path(profile, results)
     provenance.write_json(path, {
         "what": "receptive fields of the source maps of each baseline (ssdstudy.receptive)",
-        "effective_images": images, "effective_mass": EFFECTIVE_MASS,
+        "effective_images": images, "effective_mass": EFFECTIVE_MASS, "effective_resamples": EFFECTIVE_RESAMPLES,
         "git": provenance.git_state(), "machine": provenance.cpu_name(),
         "rows": table.to_dict(orient="records"),
     })
@@ -329,5 +353,19 @@ def load_fields(profile: str, results: Path | None = None):
     return study_fields(profile, results, images=0)
 
 
-__all__ = ["EFFECTIVE_IMAGES", "EFFECTIVE_MASS", "disagreements", "box_sides", "effective_fields", "feature_maps", "field_table", "linearised",
-           "fields_path", "load_fields", "study_fields", "theoretical_fields", "write_fields"]
+__all__ = [
+    "EFFECTIVE_IMAGES",
+    "EFFECTIVE_MASS",
+    "EFFECTIVE_RESAMPLES",
+    "box_sides",
+    "disagreements",
+    "effective_fields",
+    "feature_maps",
+    "field_table",
+    "fields_path",
+    "linearised",
+    "load_fields",
+    "study_fields",
+    "theoretical_fields",
+    "write_fields",
+]

@@ -72,6 +72,7 @@ def test_effective_fields_lie_inside_the_image_and_the_theoretical_field():
     assert len(fields) == len(theory) == 6
     for found, limit in zip(fields, theory, strict=True):
         assert 1 <= found["side"] <= min(limit, 128) and found["images"] == 2
+        assert found["side_low"] <= found["side"] <= found["side_high"] <= 128
         assert 0 <= found["centre_x"] < 128 and 0 <= found["centre_y"] < 128
 
 
@@ -96,6 +97,8 @@ def test_the_study_fields_and_where_they_disagree_with_the_boxes(tmp_path):
     small = fields.iloc[:1].assign(theoretical=10.0, effective=5.0)
     assert "theoretical field (10 px) is smaller than the longest default box (18 px)" in disagreements(small)
     assert "effective field (5 px)" in disagreements(small)
+    unsure = small.assign(effective_low=3.0, effective_high=20.0)  # the interval reaches the 18 px box
+    assert "too close to the longest default box (18 px) to call smaller" in disagreements(unsure)
     assert len(receptive_fields(fields).axes) == 3
 
 
