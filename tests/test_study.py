@@ -361,14 +361,12 @@ def test_two_concurrent_studies_of_an_installed_package(smoke_study, installed_p
     package installed non-editable and run from the project's root: the second waits for
     the first and says so; every run is trained once, its history holds each epoch once,
     its metrics are those of a study alone, and the results are in the project's
-    results/. (Two of the smoke profile's experiments, to keep the test short: the lock
-    is per results folder, whatever the experiments.)"""
+    results/. The whole smoke profile: every experiment's runs and chapters."""
     root = book_sources(tmp_path)
     shutil.copytree(PROJECT / "parameters", root / "parameters")
     env = {k: v for k, v in os.environ.items() if k not in ("SSDSTUDY_ROOT", "PYTHONPATH")}
     env["PYTHONPATH"] = str(installed_package)
-    cmd = [sys.executable, "-m", "ssdstudy.cli", "study", "run", "--profile", "smoke",
-           "--only", "hardware", "nms", "--no-progress"]
+    cmd = [sys.executable, "-m", "ssdstudy.cli", "study", "run", "--profile", "smoke", "--no-progress"]
     where = subprocess.run([sys.executable, "-c", "import ssdstudy; print(ssdstudy.__file__)"],
                            cwd=root, env=env, capture_output=True, text=True, check=True)
     assert where.stdout.startswith(str(installed_package))
@@ -384,9 +382,10 @@ def test_two_concurrent_studies_of_an_installed_package(smoke_study, installed_p
     assert f"another study is computing it (pid {first.pid} on" in second.stderr
     assert "all runs and chapters finished" in second.stdout and not second.stdout.startswith("runs ")
     runs = root / "results" / "smoke" / "runs"
-    plan = make_plan("smoke", only=["hardware", "nms"], results=root / "results")
+    plan = make_plan("smoke", results=root / "results")
     assert f"{len(plan.runs)} trained: " in out
     assert sorted(p.name for p in runs.iterdir()) == sorted(plan.runs)
+    assert all((root / "book" / "chapters" / f"{exp.chapter}.ipynb").is_file() for exp in plan.experiments)
     for run_id in plan.runs:
         history = (runs / run_id / "history.csv").read_text().splitlines()
         epochs = [line.split(",")[0] for line in history[1:]]
