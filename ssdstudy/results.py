@@ -132,6 +132,24 @@ def timing_columns(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: A validation curve has flattened when its last step (``train.eval_every`` epochs)
+#: gained less VOC07 mAP than this: below the test set's noise for one run (its 95 %
+#: bootstrap half-width is about 0.025 at the default profile's 500 test images).
+FLAT_GAIN = 0.02
+
+
+def curve_end(history: pd.DataFrame) -> dict[str, Any]:
+    """The end of a run's validation curve: ``val_map`` (its last validation VOC07 mAP),
+    ``val_last_gain`` (what the last validation step gained) and ``curve_flat`` (that
+    gain below :data:`FLAT_GAIN`; None with fewer than two validations)."""
+    values = history["val_voc07_map"].dropna() if "val_voc07_map" in history else pd.Series(dtype=float)
+    if len(values) < 2:
+        return {"val_map": float(values.iloc[-1]) if len(values) else float("nan"), "val_last_gain": float("nan"),
+                "curve_flat": None}
+    gain = float(values.iloc[-1] - values.iloc[-2])
+    return {"val_map": float(values.iloc[-1]), "val_last_gain": gain, "curve_flat": gain < FLAT_GAIN}
+
+
 def run_row(paths: RunPaths) -> dict[str, Any]:
     """The table row of one finished run."""
     config = yaml.safe_load(paths.config.read_text())
@@ -167,6 +185,7 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
         "epoch_seconds_iqr": (float(history["epoch_seconds"].quantile(0.75) - history["epoch_seconds"].quantile(0.25))
                               if len(history) > 1 else float("nan")),
         "images_per_s": float(history["images_per_s"].median()) if len(history) else float("nan"),
+        **curve_end(history),
         "peak_memory_mb": _nan(cpu.get("peak_memory_mb")),
         "device_name": cpu.get("device_name", ""),
     }

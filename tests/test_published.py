@@ -34,3 +34,35 @@ def test_no_checkpoint_or_partial_file_is_published():
     files = subprocess.run(["git", "ls-files", "results"], cwd=PROJECT, capture_output=True, text=True,
                            check=True).stdout.split()
     assert not [f for f in files if f.endswith((".pt", ".tmp", ".running.ipynb", ".failed.ipynb"))]
+
+
+def test_check_command_says_which_curves_still_rose(capsys):
+    """`ssdstudy study check` reports each published run's soundness and where its
+    validation curve ended: flat, or still rising when it was stopped."""
+    import pandas as pd
+
+    from ssdstudy.cli import main
+    from ssdstudy.results import FLAT_GAIN, curve_end
+
+    main(["study", "check", "--profile", "default"])
+    out = capsys.readouterr().out
+    for run_dir in PUBLISHED:
+        end = curve_end(pd.read_csv(run_dir / "history.csv"))
+        line = next(line for line in out.splitlines() if line.startswith(f"{run_dir.name}: "))
+        assert line.startswith(f"{run_dir.name}: ok")
+        if end["curve_flat"] is not None:
+            assert ("flat at its end" if end["curve_flat"] else "still rising") in line
+            assert f"last step {end['val_last_gain']:+.3f}, limit {FLAT_GAIN:g}" in line
+    assert "runs of the default plan published and sound" in out
+
+
+def test_the_end_of_a_validation_curve():
+    import pandas as pd
+
+    from ssdstudy.results import curve_end
+
+    rising = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_voc07_map": [None, 0.30, None, 0.36]})
+    assert curve_end(rising) == {"val_map": 0.36, "val_last_gain": pytest.approx(0.06), "curve_flat": False}
+    flat = pd.DataFrame({"epoch": [1, 2, 3], "val_voc07_map": [0.70, 0.721, 0.720]})
+    assert curve_end(flat)["curve_flat"] is True
+    assert curve_end(pd.DataFrame({"epoch": [1], "val_voc07_map": [0.1]}))["curve_flat"] is None

@@ -92,16 +92,30 @@ def fields(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from ssdstudy.published import check_published
+    from ssdstudy.results import FLAT_GAIN, curve_end
     from ssdstudy.study import make_plan
 
     problems = check_published(args.profile)
-    for run_id, found in problems.items():
-        print(f"{run_id}: {'ok' if not found else '; '.join(found)}")
     plan = make_plan(args.profile)
+    rising = []
+    for run_id, found in problems.items():
+        end = curve_end(pd.read_csv(plan.paths(run_id).history))
+        curve = ""
+        if end["curve_flat"] is not None:
+            curve = (f"; validation curve {'flat' if end['curve_flat'] else 'still rising'} at its end "
+                     f"(last step {end['val_last_gain']:+.3f}, limit {FLAT_GAIN:g})")
+            if not end["curve_flat"]:
+                rising.append(run_id)
+        print(f"{run_id}: {'ok' if not found else '; '.join(found)}{curve}")
     missing = plan.missing()
     print(f"{sum(not p for p in problems.values())} of {len(plan.runs)} runs of the {args.profile} plan "
           f"published and sound; {len(missing)} still to compute")
+    if rising:
+        print(f"{len(rising)} published runs were stopped while their validation curve still rose: "
+              f"{', '.join(rising)} (a short protocol, as mining's, stops early by design)")
     return 1 if any(problems.values()) else 0
 
 
