@@ -59,6 +59,19 @@ class StaleLockWarning(UserWarning):
     """A lock left by a process that died holding it was taken over."""
 
 
+#: Set by a process that holds a lock for the child processes it starts to work under it
+#: (a study training a run with torchrun): the holder's pid. See :func:`delegated`.
+DELEGATE_ENV = "SSDSTUDY_LOCK_HELD_BY"
+
+
+def delegated(holder: Holder | None) -> bool:
+    """Whether ``holder`` is the process that started this one to work under its lock:
+    its pid is :data:`DELEGATE_ENV` and it runs on this host."""
+    held_by = os.environ.get(DELEGATE_ENV, "")
+    return (holder is not None and held_by.isdigit() and holder.pid == int(held_by)
+            and holder.host == socket.gethostname())
+
+
 @contextlib.contextmanager
 def exclusive(path: str | os.PathLike[str], *, wait: bool = False,
               on_wait=None) -> Iterator[Holder | None]:

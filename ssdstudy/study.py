@@ -356,10 +356,12 @@ class Study:
     """Runs a profile's study with the book sources under ``root``."""
 
     def __init__(self, profile: str, *, root: Path = PROJECT, results: Path | None = None,
-                 only: list[str] | None = None, progress: bool = True):
+                 only: list[str] | None = None, progress: bool = True, processes: int = 1):
         self.root = Path(root)
         self.plan = make_plan(profile, only, results or self.root / "results")
         self.progress = progress
+        #: Processes that train each run (torchrun, data parallel); 1: the run's notebook trains it.
+        self.processes = processes
         self.templates = self.root / "book" / "templates"
         self.failures: list[Failure] = []
         #: Runs of the plan left uncomputed, and published runs of other code (``train=False``).
@@ -428,6 +430,8 @@ class Study:
                     paths.clear()
                 write_config(paths.config, cfg)
                 try:
+                    if self.processes > 1 and before != "to finish":
+                        self.train_with_processes(paths)
                     execute_notebook(
                         self.templates / "run.ipynb", paths.notebook,
                         {"config_path": relative_to(paths.config, self.root),
@@ -440,6 +444,27 @@ class Study:
             done.append(run_id)
             self.computed[run_id] = before
         return done
+
+    def train_with_processes(self, paths: RunPaths) -> None:
+        """Train the run in ``paths`` with :attr:`processes` data-parallel processes
+        (``torchrun --standalone``, :mod:`ssdstudy.distributed`: gloo on the CPU, NCCL on
+        GPUs), resuming, under the run's lock this study holds; its notebook then finds
+        the run trained, scored and timed, and trains nothing. On the CPU the threads are
+        divided between the processes."""
+        from ssdstudy.locks import DELEGATE_ENV
+
+        threads = str(max(1, (os.cpu_count() or 1) // self.processes))
+        env = {**os.environ, DELEGATE_ENV: str(os.getpid()), "OMP_NUM_THREADS": threads}
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(name, None)  # a study started inside another distributed job starts its own
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.processes}",
+               "-m", "ssdstudy", "train", str(paths.config), "--run-dir", str(paths.root), "--resume"]
+        if not self.progress:
+            cmd.append("--no-progress")
+        done = subprocess.run(cmd, cwd=self.root, env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"torchrun with {self.processes} processes exited with {done.returncode} "
+                               "(its output is above)")
 
     def run_chapters(self) -> None:
         chapters = [exp.chapter for exp in self.plan.experiments]

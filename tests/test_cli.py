@@ -311,3 +311,10 @@ def test_study_run_needs_a_positive_worker_count(capsys):
     assert main(["study", "run", "--profile", "smoke", "--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
     assert threads_per_worker(10**6) == 1
+
+
+def test_study_run_needs_a_positive_process_count_on_one_machine(capsys):
+    assert main(["study", "run", "--profile", "smoke", "--nproc-per-node", "0"]) == 2
+    assert "--nproc-per-node must be at least 1" in capsys.readouterr().err
+    assert main(["study", "run", "--profile", "smoke", "--nproc-per-node", "2", "--workers", "2"]) == 2
+    assert "does not combine with --workers" in capsys.readouterr().err

@@ -90,3 +90,19 @@ def test_one_study_at_a_time_per_results_folder(tmp_path):
         assert Holder.read(tmp_path / "smoke" / ".study.lock").pid == os.getpid()
     thread.join(5)
     assert order == ["first done", "second"]
+
+
+def test_a_holder_delegates_its_lock_only_to_the_processes_it_names(monkeypatch):
+    """A study holding a run's lock lets the torchrun processes it starts train the run:
+    they accept a holder whose pid is in the environment, on this host, and no other."""
+    import socket
+
+    from ssdstudy.locks import DELEGATE_ENV, delegated
+
+    holder = Holder(os.getpid(), socket.gethostname(), "now", "ssdstudy study run")
+    monkeypatch.delenv(DELEGATE_ENV, raising=False)
+    assert not delegated(holder)
+    monkeypatch.setenv(DELEGATE_ENV, str(os.getpid()))
+    assert delegated(holder) and not delegated(None)
+    assert not delegated(Holder(os.getpid() + 1, socket.gethostname(), "now", "another"))
+    assert not delegated(Holder(os.getpid(), "another-host", "now", "elsewhere"))

@@ -447,6 +447,31 @@ def test_runs_on_a_local_dask_cluster_are_those_of_the_serial_study(smoke_study,
 
 
 @pytest.mark.slow
+def test_a_study_trains_its_runs_with_torchrun(smoke_study, tmp_path):
+    """`study run --nproc-per-node 2`: the study trains a run with two gloo processes
+    under the run's lock it holds, then executes the run's notebook, which finds it
+    trained and trains nothing; the loss is the one process's within the tolerance of
+    tests/test_distributed.py."""
+    from tests.test_distributed import LOSS_TOLERANCE
+
+    root = book_sources(tmp_path)
+    study = Study("smoke", root=root, results=root / "results", only=["hardware"], progress=False, processes=2)
+    run_id = next(r for r, c in study.plan.runs.items() if c.model.backbone == "mobilenet_v1")
+    with study.exclusive():
+        study.prepare_data()
+        assert study.run_runs([run_id]) == [run_id]
+    assert not study.failures, study.report()
+    paths = study.plan.paths(run_id)
+    prov = json.loads(paths.provenance.read_text())
+    assert (prov["processes"], prov["distributed_backend"]) == (2, "gloo")
+    assert paths.notebook.is_file() and study.computed == {run_id: "to train"}
+    history = paths.history.read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1"]
+    alone = smoke_study.plan.paths(run_id).history.read_text().splitlines()
+    assert float(history[1].split(",")[1]) == pytest.approx(float(alone[1].split(",")[1]), rel=LOSS_TOLERANCE)
+
+
+@pytest.mark.slow
 def test_a_dask_worker_killed_mid_run_loses_no_finished_epoch(tmp_path):
     """`study run --workers 1`: the worker computing a run is killed (SIGKILL) after the
     run's first epoch; Dask's nanny starts a new worker, the run is handed to it, and it

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compute N runs at once on a local Dask cluster (the CPU threads divided between them)")
     r.add_argument("--scheduler", metavar="ADDRESS",
                    help="compute the runs on the workers of this Dask cluster (they must share results/)")
+    r.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="train each run with N data-parallel processes (torchrun: gloo on the CPU, NCCL on "
+                   "GPUs; the global batch and the run ids stay the same)")
     r.add_argument("--dry-run", action="store_true", help="list the plan and an estimate of its time")
     r.set_defaults(func=run)
 
@@ -125,7 +128,12 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe(make_plan(args.profile, args.only)))
         return 0
-    study = Study(args.profile, only=args.only, progress=not args.no_progress)
+    if args.nproc_per_node < 1:
+        raise UserError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if args.nproc_per_node > 1 and (args.workers or args.scheduler):
+        raise UserError("--nproc-per-node trains one run at a time on this machine; it does not combine "
+                        "with --workers or --scheduler")
+    study = Study(args.profile, only=args.only, progress=not args.no_progress, processes=args.nproc_per_node)
     unknown = [r for r in args.runs or [] if r not in study.plan.runs]
     if unknown:
         raise UserError(f"parameters/profiles/{args.profile}.yaml: no run {', '.join(unknown)} in this "

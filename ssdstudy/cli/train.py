@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, config, paths) -> int:
     from ssdstudy import distributed
+    from ssdstudy.locks import delegated
     from ssdstudy.pipeline import execute_run
 
     with contextlib.ExitStack() as held:
@@ -71,7 +72,7 @@ def _train(args: argparse.Namespace, config, paths) -> int:
             if paths.checkpoint.exists() and not (args.resume or args.restart):
                 raise UserError(f"{paths.root}: this run has a checkpoint; pass --resume to continue it or --restart")
             holder = held.enter_context(paths.locked())
-            if holder is not None:
+            if holder is not None and not delegated(holder):  # a study training the run with torchrun holds it
                 raise UserError(f"{paths.root}: another process is computing this run now ({holder})")
             if args.restart:
                 paths.clear()  # the run's own files only: anything else in the folder stays
