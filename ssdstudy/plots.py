@@ -410,6 +410,25 @@ def memory_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.set_index("run")
 
 
+def hardware_memory_table(hw: pd.DataFrame) -> pd.DataFrame:
+    """One row per model, device and machine measured (hardware files and the study's
+    runs): the memory figures of :func:`memory_table` (MB), without mAP. Memory does not
+    depend on the weights, so a model timed with random weights stands for its trained
+    runs. Empty when nothing has them."""
+    if not has_memory(hw):
+        return pd.DataFrame()
+    columns = {
+        "train_peak_mb": "train peak", "predict_peak_mb": "predict peak", "params_mb": "parameters",
+        "optimizer_mb": "optimiser state", "activations_mb": "train working",
+        "predict_activations_mb": "predict working", "memory_baseline_mb": "baseline",
+    }
+    rows = hw[hw[[c for c, _ in _MEMORY_PANELS if c in hw.columns]].notna().any(axis=1)]
+    rows = rows.assign(model=[short_label(r) for _, r in rows.iterrows()])
+    keep = ["model", "device", "machine", *[c for c in columns if c in rows.columns]]
+    out = rows[keep].drop_duplicates(subset=["model", "device", "machine"]).rename(columns=columns)
+    return out.set_index(["model", "device", "machine"])
+
+
 # --- figs. 10-12: devices ------------------------------------------------------------------
 
 

@@ -162,3 +162,18 @@ def test_run_timing_table_shows_the_memory_peaks(tiny):
     t = plots.timing_table({"cpu": {"inference_ms": {"median": 1.0}, "memory": tiny}, "cuda": {}})
     assert t.loc["cpu", "train step peak MB"] == tiny["train_peak_mb"]
     assert np.isnan(t.loc["cuda", "prediction peak MB"])
+
+
+def test_the_hardware_chapter_tables_every_models_memory_once_per_device_and_machine():
+    """Hardware rows (a bench file's entries and the study's runs, several thread counts
+    each) give one memory row per model, device and machine; rows without memory are
+    left out."""
+    hw = runs(True).drop(columns=["voc07_map", "voc07_map_low", "voc07_map_high"])
+    hw = pd.concat([hw.assign(threads=1), hw.assign(threads=2)], ignore_index=True)
+    hw = hw.assign(device="cpu", machine="xeon")
+    none = runs(False).assign(device="cuda", machine="gpu box", threads=None)
+    table = plots.hardware_memory_table(pd.concat([hw, none], ignore_index=True))
+    assert len(table) == 4
+    assert table.loc[("VGG16", "cpu", "xeon"), "train peak"] == 3900.0
+    assert table.loc[("MobileNetV1 x0.25", "cpu", "xeon"), "predict peak"] == 950.0
+    assert plots.hardware_memory_table(runs(False).assign(device="cpu", machine="x")).empty
