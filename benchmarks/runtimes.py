@@ -12,7 +12,8 @@ images, and the ratio of each runtime's median to eager float32's (and the media
 the per-image ratios, steadier on a busy machine). Throughput: ``detect`` at
 ``--throughput-batch``. Each runtime's figures are flagged ``busy`` by the study's rule
 (:data:`ssdstudy.timing.BUSY_RULE`: a wide spread, or other processes keeping the
-benchmark's cores busy, from the load watched while it timed).
+benchmark's cores busy, from the load watched while the runtimes were timed, warm-up and
+its compilations excluded).
 
 Weights: without ``--checkpoint``, random initialisation, with which nearly every class
 of every default box passes the 0.01 score threshold: NMS's worst case, which makes the
@@ -58,7 +59,7 @@ from ssdstudy.runtimes import (
     runtime_name,
     time_runtimes,
 )
-from ssdstudy.timing import BUSY_RULE, busy_reasons, watch_load
+from ssdstudy.timing import BUSY_RULE
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -202,19 +203,14 @@ def bench_model(model: torch.nn.Module, config: Any, class_names: tuple[str, ...
     e = config.eval
     post = {"score_threshold": e.score_threshold, "nms_iou": e.nms_iou, "top_k": e.top_k}
     print(f"timing {len(images)} images...", file=sys.stderr, flush=True)
-    with watch_load() as load:
-        timed = time_runtimes(runtimes, images, sizes, warmup=args.warmup, throughput_batch=args.throughput_batch,
-                              seed=args.seed, **post)
-    for t in timed.values():  # the study's rule: a wide spread, or other processes on our cores
-        reasons = busy_reasons({"inference_ms": {"median": t["inference_ms"], "iqr": t["inference_iqr_ms"]}},
-                               load, args.threads)
-        t.update(busy=bool(reasons), busy_reasons=reasons)
+    # each runtime flagged busy by the study's rule: a wide spread, or other processes on our cores
+    timed = time_runtimes(runtimes, images, sizes, warmup=args.warmup, throughput_batch=args.throughput_batch,
+                          seed=args.seed, threads=args.threads, **post)
     entry: dict[str, Any] = {
         "model": {"backbone": model.backbone_name, "width": model.width, "image_size": model.image_size,
                   "num_classes": model.num_classes, "num_priors": model.num_priors, "weights": weights,
                   "parameters": sum(p.numel() for p in model.parameters())},
         "runtimes": timed,
-        "load": load,
         "busy_rule": BUSY_RULE,
         "inputs": inputs,
         "int8_calibration": calibrated_on if "int8" in runtimes else None,

@@ -120,4 +120,4 @@ def _write(fd: int, text: str) -> None:
     os.fsync(fd)
 
 
-__all__ = ["Holder", "StaleLockWarning", "exclusive"]
+__all__ = ["DELEGATE_ENV", "Holder", "StaleLockWarning", "delegated", "exclusive"]

@@ -139,8 +139,8 @@ def effective_fields(model: SSD, images: Iterable[Tensor], mass: float = EFFECTI
     Returns, per map: ``side`` (px, the square holding ``mass`` of the mean absolute
     gradient, clipped by the image), ``side_low`` and ``side_high`` (the 95 % bootstrap
     interval of ``side`` over the images: ``resamples`` draws of the images with
-    replacement, each giving the side of its mean gradient; NaN with one image or
-    ``resamples`` 0), ``centre_x``, ``centre_y`` (px, the gradient's centre of mass) and
+    replacement, drawn by a generator seeded with ``seed``, each giving the side of its
+    mean gradient; NaN with one image or ``resamples`` 0), ``centre_x``, ``centre_y`` (px, the gradient's centre of mass) and
     ``images`` (how many were averaged).
     """
     model = model.float().eval()
@@ -216,6 +216,7 @@ def field_table(model: SSD, images: Iterable[Tensor] | None = None):
 #: Test images averaged for an effective field.
 EFFECTIVE_IMAGES = 50
 
+
 def study_fields(profile: str, results: Path | None = None, *, images: int = EFFECTIVE_IMAGES):
     """The fields of each baseline of ``profile`` (the backbone experiment's runs with
     augmentation and 3:1 mining; the width experiment's too where trained), one row per
@@ -244,6 +245,7 @@ def study_fields(profile: str, results: Path | None = None, *, images: int = EFF
             for cfg in read_experiment(name, prof).runs:
                 if cfg.augment.enabled and cfg.loss.neg_pos_ratio == 3:
                     configs.setdefault(cfg.run_id, (name, cfg))
+
     def checkpoint_of(run_id: str) -> Path:
         return (results or RESULTS) / profile / "runs" / run_id / "checkpoint.pt"
 
@@ -289,8 +291,10 @@ def _known(value) -> bool:
 def disagreements(fields) -> str:
     """Sentences naming, per model, the maps whose fields and boxes disagree: a field
     smaller than the map's longest default box (the cell cannot see the whole object its
-    box stands for), and a theoretical field more than twice the input (the cell's
-    window reaches far past the image: only its centre counts)."""
+    box stands for; an effective field only where its bootstrap interval lies below the
+    box, else it is said to be too close to call), and a theoretical field more than
+    twice the input (the cell's window reaches far past the image: only its centre
+    counts)."""
     if fields is None or len(fields) == 0:
         return "No fields to compare."
     lines = []

@@ -132,16 +132,19 @@ def timing_columns(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-#: A validation curve has flattened when its last step (``train.eval_every`` epochs)
-#: gained less VOC07 mAP than this: below the test set's noise for one run (its 95 %
-#: bootstrap half-width is about 0.025 at the default profile's 500 test images).
+#: A validation curve has stopped rising when its last validation gained less VOC07 mAP
+#: over the one before (``train.eval_every`` epochs earlier, or fewer where the last
+#: epoch is not a multiple) than this; a drop counts as not rising. It is below one
+#: run's noise: the 95 % bootstrap half-width of a test mAP is about 0.025 on the default
+#: profile's 500 test images, and the 400 validation images hold fewer objects.
 FLAT_GAIN = 0.02
 
 
 def curve_end(history: pd.DataFrame) -> dict[str, Any]:
     """The end of a run's validation curve: ``val_map`` (its last validation VOC07 mAP),
-    ``val_last_gain`` (what the last validation step gained) and ``curve_flat`` (that
-    gain below :data:`FLAT_GAIN`; None with fewer than two validations)."""
+    ``val_last_gain`` (what the last validation gained over the one before) and
+    ``curve_flat`` (that gain below :data:`FLAT_GAIN`, a drop included; None with fewer
+    than two validations)."""
     values = history["val_voc07_map"].dropna() if "val_voc07_map" in history else pd.Series(dtype=float)
     if len(values) < 2:
         return {"val_map": float(values.iloc[-1]) if len(values) else float("nan"), "val_last_gain": float("nan"),

@@ -77,6 +77,7 @@ from torch import Tensor, nn
 
 from ssdstudy.boxes import DEFAULT_VARIANCES
 from ssdstudy.predict import Detections, decode_outputs, select_detections
+from ssdstudy.timing import busy_reasons, watch_load
 
 __all__ = [
     "ALIASES",
@@ -439,6 +440,7 @@ def time_runtimes(
     throughput_repeats: int = 3,
     reference: str = "eager_fp32",
     seed: int = 0,
+    threads: int | None = None,
     **post: Any,
 ) -> dict[str, dict[str, Any]]:
     """Time each runtime's inference and prediction at batch 1, interleaved.
@@ -466,6 +468,10 @@ def time_runtimes(
         at batch 1 and at the throughput batch: the compilations), ``"setup_s"``,
         ``"throughput_batch"``, ``"throughput_images_per_s"``, ``"ratio_to_eager"``
         (``{"inference", "prediction"}``: this runtime's median over the reference's),
+        ``"load"`` (what else the machine did while the runtimes were timed, warm-up and
+        its compilations excluded: :func:`ssdstudy.timing.watch_load`), ``"busy"`` and
+        ``"busy_reasons"`` (:func:`ssdstudy.timing.busy_reasons`, with ``threads`` the CPU
+        threads the runtimes use),
         ``"paired_ratio_to_eager"`` (the median over images of the ratio of the two
         runs of the same image), ``"detections_per_image"`` (median),
         ``"infer_covers"``}``.
@@ -493,23 +499,25 @@ def time_runtimes(
             first_call[name] = time.perf_counter() - start
             for i in range(1, min(warmup, len(batches))):
                 rt.detect(batches[i], [sizes[i]], **post)
-        for x, size in zip(batches, sizes, strict=True):
-            order = names[:]
-            rng.shuffle(order)
-            for name in order:
-                rt = runtimes[name]
-                ms, _ = _timed(lambda rt=rt, x=x: rt.infer(x))
-                samples[name]["inference"].append(ms)
-                ms, dets = _timed(lambda rt=rt, x=x, size=size: rt.detect(x, [size], **post))
-                samples[name]["prediction"].append(ms)
-                samples[name]["detections"].append(float(dets[0]["scores"].numel()))
-        throughput: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(throughput_repeats):
-            order = names[:]
-            rng.shuffle(order)
-            for name in order:
-                rt = runtimes[name]
-                throughput[name].append(_timed(lambda rt=rt: rt.detect(big, big_sizes, **post))[0])
+        # the load of the timed rounds only: the compilations of the warm-up spawn processes
+        with watch_load() as load:
+            for x, size in zip(batches, sizes, strict=True):
+                order = names[:]
+                rng.shuffle(order)
+                for name in order:
+                    rt = runtimes[name]
+                    ms, _ = _timed(lambda rt=rt, x=x: rt.infer(x))
+                    samples[name]["inference"].append(ms)
+                    ms, dets = _timed(lambda rt=rt, x=x, size=size: rt.detect(x, [size], **post))
+                    samples[name]["prediction"].append(ms)
+                    samples[name]["detections"].append(float(dets[0]["scores"].numel()))
+            throughput: dict[str, list[float]] = {n: [] for n in names}
+            for _ in range(throughput_repeats):
+                order = names[:]
+                rng.shuffle(order)
+                for name in order:
+                    rt = runtimes[name]
+                    throughput[name].append(_timed(lambda rt=rt: rt.detect(big, big_sizes, **post))[0])
     result: dict[str, dict[str, Any]] = {}
     ref = samples[reference]
     for name in names:
@@ -537,4 +545,6 @@ def time_runtimes(
             "detections_per_image": float(np.median(s["detections"])),
             "infer_covers": runtimes[name].infer_covers,
         }
+        reasons = busy_reasons({"inference_ms": inf}, load, threads)
+        result[name].update(load=load, busy=bool(reasons), busy_reasons=reasons)
     return result

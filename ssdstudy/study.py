@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import time
@@ -237,6 +238,7 @@ def describe(plan: Plan) -> str:
 @dataclass
 class Failure:
     what: str
+    #: The failed notebook kept, or the run's folder where no notebook ran (torchrun failed).
     notebook: Path
     error: str
 
@@ -280,10 +282,31 @@ def hide_parameter_cells(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+#: What moves a terminal's cursor in progress-bar output: newline, carriage return, up one line.
+_CURSOR = re.compile(r"(\n|\r|\x1b\[A)")
+
+
 def final_frames(text: str) -> str:
-    """``text`` as a terminal shows it at the end: of each line redrawn with carriage
-    returns (a progress bar), only its last drawing."""
-    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
+    """``text`` as a terminal shows it at the end. Progress bars redraw themselves: a
+    carriage return goes back to the line's start and the next drawing overwrites it,
+    and a nested bar (tqdm's ``position`` 1, a batch bar inside an epoch bar) is drawn
+    on the next line and the cursor moved back up (``ESC[A``). Only what is left on each
+    line is kept, without trailing blanks (a closed bar that did not stay is blank)."""
+    lines, row, col = [""], 0, 0
+    for token in _CURSOR.split(text):
+        if token == "\n":
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        elif token == "\r":
+            col = 0
+        elif token == "\x1b[A":
+            row = max(row - 1, 0)
+        elif token:
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + token + line[col + len(token):]
+            col += len(token)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def collapse_redraws(path: Path) -> None:
@@ -352,6 +375,16 @@ def relative_to(path: Path, root: Path) -> str:
         return str(path)
 
 
+def _stop_with_parent() -> None:
+    """In a child process before it starts: ask Linux to send it SIGTERM when its parent
+    dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+
+
 class Study:
     """Runs a profile's study with the book sources under ``root``."""
 
@@ -361,6 +394,8 @@ class Study:
         self.plan = make_plan(profile, only, results or self.root / "results")
         self.progress = progress
         #: Processes that train each run (torchrun, data parallel); 1: the run's notebook trains it.
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
         self.processes = processes
         self.templates = self.root / "book" / "templates"
         self.failures: list[Failure] = []
@@ -429,9 +464,13 @@ class Study:
                 if run_id in stale:  # never mix results of other code with this code's
                     paths.clear()
                 write_config(paths.config, cfg)
-                try:
-                    if self.processes > 1 and before != "to finish":
+                if self.processes > 1 and before != "to finish":
+                    try:
                         self.train_with_processes(paths)
+                    except Exception as err:  # noqa: BLE001 - reported, and the study goes on
+                        self.failures.append(Failure(f"run {run_id}", paths.root, _short(err)))
+                        continue
+                try:
                     execute_notebook(
                         self.templates / "run.ipynb", paths.notebook,
                         {"config_path": relative_to(paths.config, self.root),
@@ -448,20 +487,26 @@ class Study:
     def train_with_processes(self, paths: RunPaths) -> None:
         """Train the run in ``paths`` with :attr:`processes` data-parallel processes
         (``torchrun --standalone``, :mod:`ssdstudy.distributed`: gloo on the CPU, NCCL on
-        GPUs), resuming, under the run's lock this study holds; its notebook then finds
-        the run trained, scored and timed, and trains nothing. On the CPU the threads are
-        divided between the processes."""
+        GPUs), resuming, under the run's lock this study holds and lends them
+        (:func:`ssdstudy.locks.delegated`); its notebook then finds the run trained,
+        scored and timed, and trains nothing.
+
+        On the CPU the threads are divided between the processes; the first process
+        scores and times the run with its share (``timing.json`` records the threads;
+        ``ssdstudy bench`` times the model again with all of them). On Linux torchrun is
+        stopped (SIGTERM, which it passes on to its processes) when this study dies, so
+        that no process trains the run once the study's lock is gone."""
         from ssdstudy.locks import DELEGATE_ENV
 
         threads = str(max(1, (os.cpu_count() or 1) // self.processes))
-        env = {**os.environ, DELEGATE_ENV: str(os.getpid()), "OMP_NUM_THREADS": threads}
+        env = {**os.environ, DELEGATE_ENV: str(os.getpid()), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(name, None)  # a study started inside another distributed job starts its own
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.processes}",
                "-m", "ssdstudy", "train", str(paths.config), "--run-dir", str(paths.root), "--resume"]
         if not self.progress:
             cmd.append("--no-progress")
-        done = subprocess.run(cmd, cwd=self.root, env=env, check=False)
+        done = subprocess.run(cmd, cwd=self.root, env=env, check=False, preexec_fn=_stop_with_parent)
         if done.returncode != 0:
             raise RuntimeError(f"torchrun with {self.processes} processes exited with {done.returncode} "
                                "(its output is above)")
@@ -523,7 +568,8 @@ class Study:
         if not self.failures:
             return skipped + ("all runs and chapters finished" if not self.skipped else "all chapters finished")
         lines = [skipped + f"{len(self.failures)} failed (the results made so far are kept; rerun to resume):"]
-        lines += [f"  {f.what}: {f.error}\n    notebook: {f.notebook}" for f in self.failures]
+        lines += [f"  {f.what}: {f.error}\n    {'notebook' if f.notebook.suffix == '.ipynb' else 'folder'}: {f.notebook}"
+                  for f in self.failures]
         return "\n".join(lines)
 
 

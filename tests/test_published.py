@@ -44,7 +44,7 @@ def test_check_command_says_which_curves_still_rose(capsys):
     from ssdstudy.cli import main
     from ssdstudy.results import FLAT_GAIN, curve_end
 
-    main(["study", "check", "--profile", "default"])
+    assert main(["study", "check", "--profile", "default"]) == 0
     out = capsys.readouterr().out
     for run_dir in PUBLISHED:
         end = curve_end(pd.read_csv(run_dir / "history.csv"))
@@ -53,7 +53,7 @@ def test_check_command_says_which_curves_still_rose(capsys):
         if end["curve_flat"] is not None:
             assert ("flat at its end" if end["curve_flat"] else "still rising") in line
             assert f"last step {end['val_last_gain']:+.3f}, limit {FLAT_GAIN:g}" in line
-    assert "runs of the default plan published and sound" in out
+    assert f"{len(PUBLISHED)} of {len(make_plan('default').runs)} runs of the default plan published and sound" in out
 
 
 def test_the_end_of_a_validation_curve():

@@ -99,6 +99,8 @@ def test_the_study_fields_and_where_they_disagree_with_the_boxes(tmp_path):
     assert "effective field (5 px)" in disagreements(small)
     unsure = small.assign(effective_low=3.0, effective_high=20.0)  # the interval reaches the 18 px box
     assert "too close to the longest default box (18 px) to call smaller" in disagreements(unsure)
+    sure = small.assign(effective_low=3.0, effective_high=9.0)
+    assert "effective field (5 px) is smaller than the longest default box (18 px)" in disagreements(sure)
     assert len(receptive_fields(fields).axes) == 3
 
 

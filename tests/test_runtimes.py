@@ -187,6 +187,7 @@ def test_time_runtimes_interleaves_and_compares_with_eager(model, images):
         assert entry["inference_iqr_ms"] >= 0 and entry["throughput_batch"] == 2
         assert entry["throughput_images_per_s"] > 0
         assert entry["detections_per_image"] == 200  # random weights: every image reaches top_k
+        assert entry["load"]["wall_s"] > 0 and entry["busy"] == bool(entry["busy_reasons"])
     with pytest.raises(ValueError, match="reference"):
         time_runtimes({"bf16": runtimes["bf16"]}, list(images), SIZES)
 

@@ -121,6 +121,32 @@ def test_executed_notebooks_keep_a_progress_bar_at_its_last_drawing(tmp_path):
     assert nb.cells[1].source == "a\rb"
 
 
+def test_nested_progress_bars_end_as_a_terminal_shows_them():
+    """An epoch bar with a batch bar inside it (tqdm position 1, drawn a line below with
+    the cursor moved back up, not left when closed), then another bar: what is left is
+    one line per bar that stayed, at its last drawing."""
+    import io
+
+    from tqdm import tqdm
+
+    from ssdstudy.study import final_frames
+
+    out = io.StringIO()
+    print("start", file=out)
+    with tqdm(range(3), desc="training", file=out, mininterval=0, miniters=1) as epochs:
+        for epoch in epochs:
+            for _ in tqdm(range(4), desc=f"epoch {epoch + 1}", file=out, leave=False, mininterval=0, miniters=1):
+                pass
+            epochs.set_postfix(loss=1.0)
+    for _ in tqdm(range(5), desc="detecting", file=out, mininterval=0, miniters=1):
+        pass
+    raw = out.getvalue()
+    assert raw.count("epoch 1") > 3 and "\x1b[A" in raw
+    lines = final_frames(raw).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["start", "training", "detecting"]
+    assert "3/3" in lines[1] and "loss=1" in lines[1] and "5/5" in lines[2]
+
+
 def test_failing_notebook_is_reported_and_keeps_finished_results(tmp_path):
     root = book_sources(tmp_path)
     # a run template that fails for every run
@@ -502,20 +528,29 @@ def test_a_dask_worker_killed_mid_run_loses_no_finished_epoch(tmp_path):
         lines = history.read_text().splitlines() if history.is_file() else []
         return lines[1:]
 
+    def kernels() -> list[psutil.Process]:
+        found = []
+        for child in psutil.Process(study.pid).children(recursive=True):
+            try:
+                if any("ipykernel" in part for part in child.cmdline()):
+                    found.append(child)
+            except psutil.Error:  # a short-lived child gone meanwhile
+                continue
+        return found
+
+    # epoch 1 is finished once its history row and a checkpoint are written (the row
+    # first: a row without checkpoint is dropped on resume)
     deadline = time.time() + 600
-    while not epochs() and time.time() < deadline and study.poll() is None:
+    while not (epochs() and (run / "checkpoint.pt").is_file()) and time.time() < deadline and study.poll() is None:
         time.sleep(0.05)
-    before = epochs()
-    assert before and not (run / "metrics.json").exists(), "the run finished before it could be killed"
-    kernels = [p for p in psutil.Process(study.pid).children(recursive=True)
-               if any("ipykernel" in part for part in p.cmdline())]
-    assert len(kernels) == 1, kernels
-    worker = kernels[0].parent()
-    worker.send_signal(signal.SIGKILL)
+    first = epochs()[:1]
+    assert first and not (run / "metrics.json").exists(), "the run finished before it could be killed"
+    (kernel,) = kernels()
+    kernel.parent().send_signal(signal.SIGKILL)  # the Dask worker running the run's notebook
     out, err = study.communicate(timeout=900)
     assert study.returncode == 0, err[-3000:]
     after = epochs()
     assert [row.split(",")[0] for row in after] == [str(e) for e in range(1, 6)]
-    assert after[: len(before)] == before  # what was finished before the kill, kept as it was
+    assert after[:1] == first  # the epoch finished before the kill, kept as it was
     assert (run / "metrics.json").is_file() and (run / "run.ipynb").is_file()
     assert f"runs 1 resumed from their last epoch: {run_id}" in out
