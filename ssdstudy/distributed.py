@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -226,13 +227,40 @@ def sum_over_processes(sums: np.ndarray, count: int, device: torch.device) -> tu
     return totals[:-1], round(float(totals[-1]))
 
 
+#: What torchrun sets for the processes it starts: a launch from inside another
+#: distributed job drops them, so that it starts a process group of its own.
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def train_command(config: os.PathLike | str, run_dir: os.PathLike | str, processes: int,
+                  *options: str) -> list[str]:
+    """The command that trains the run of ``config`` in ``run_dir`` (``ssdstudy train``
+    with ``options``) on ``processes`` processes: under ``torchrun --standalone`` (which
+    picks a free port; torchrun is ``python -m torch.distributed.run``) when more than one,
+    in this interpreter either way."""
+    cmd = [sys.executable]
+    if processes > 1:
+        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    return cmd + ["-m", "ssdstudy", "train", str(config), "--run-dir", str(run_dir), *options]
+
+
+def launch_env(threads: int, **more: str) -> dict[str, str]:
+    """This process's environment for :func:`train_command`: each process computes with
+    ``threads`` threads, and no variable of an enclosing torchrun job
+    (:data:`LAUNCH_VARIABLES`) is passed on."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **more}
+    for name in LAUNCH_VARIABLES:
+        env.pop(name, None)
+    return env
+
+
 def describe() -> dict[str, Any]:
     """What ``provenance.json`` records: ``{"processes": N, "distributed_backend": name or None}``."""
     return {"processes": world_size(), "distributed_backend": backend()}
 
 
 __all__ = [
-    "OtherProcessFailed", "active", "backend", "backend_for", "barrier", "describe", "is_main",
-    "launched_world_size", "local_rank", "on_main", "per_process_batch", "process_group", "rank",
-    "sampler", "sum_over_processes", "world_size", "wrap",
+    "LAUNCH_VARIABLES", "OtherProcessFailed", "active", "backend", "backend_for", "barrier", "describe",
+    "is_main", "launch_env", "launched_world_size", "local_rank", "on_main", "per_process_batch",
+    "process_group", "rank", "sampler", "sum_over_processes", "train_command", "world_size", "wrap",
 ]

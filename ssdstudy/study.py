@@ -48,8 +48,10 @@ from ssdstudy.workspace import PROJECT
 #: Chapters executed after the experiments' own, in this order.
 EXTRA_CHAPTERS = ("default_boxes", "receptive_fields", "runtimes", "conclusions", "reproduce")
 #: Per-image training cost on a 2-core CPU at 300x300 (images/s), for --dry-run's estimate
-#: when no finished run of the backbone is there to measure it.
-TRAIN_SPEED_300 = {"vgg16": 1.9, "vgg16_bn": 3.8, "mobilenet_v1": 22.7}
+#: when no finished run of the backbone is there to measure it. MobileNetV1's is its
+#: published runs' speed; SqueezeNet's is MobileNetV1's times their ratio in one quiet
+#: `ssdstudy bench` (24.6 against 16.3 images/s, results/hardware/xeon-2core.json).
+TRAIN_SPEED_300 = {"vgg16": 1.9, "vgg16_bn": 3.8, "mobilenet_v1": 22.7, "squeezenet": 34.3}
 
 
 @dataclass
@@ -496,16 +498,12 @@ class Study:
         ``ssdstudy bench`` times the model again with all of them). On Linux torchrun is
         stopped (SIGTERM, which it passes on to its processes) when this study dies, so
         that no process trains the run once the study's lock is gone."""
+        from ssdstudy.distributed import launch_env, train_command
         from ssdstudy.locks import DELEGATE_ENV
 
-        threads = str(max(1, (os.cpu_count() or 1) // self.processes))
-        env = {**os.environ, DELEGATE_ENV: str(os.getpid()), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            env.pop(name, None)  # a study started inside another distributed job starts its own
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.processes}",
-               "-m", "ssdstudy", "train", str(paths.config), "--run-dir", str(paths.root), "--resume"]
-        if not self.progress:
-            cmd.append("--no-progress")
+        env = launch_env(max(1, (os.cpu_count() or 1) // self.processes), **{DELEGATE_ENV: str(os.getpid())})
+        options = ["--resume"] + ([] if self.progress else ["--no-progress"])
+        cmd = train_command(paths.config, paths.root, self.processes, *options)
         done = subprocess.run(cmd, cwd=self.root, env=env, check=False, preexec_fn=_stop_with_parent)
         if done.returncode != 0:
             raise RuntimeError(f"torchrun with {self.processes} processes exited with {done.returncode} "
@@ -547,7 +545,7 @@ class Study:
         cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(self.root)]
         if strict:
             cmd += ["-W", "-n", "--keep-going"]
-        proc = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             log = self.root / "_build" / "build.log"
             log.parent.mkdir(parents=True, exist_ok=True)

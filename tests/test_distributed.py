@@ -4,9 +4,7 @@ the rules of :mod:`ssdstudy.distributed` (who writes, how the batch divides) in 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +14,7 @@ import yaml
 
 from ssdstudy import distributed
 from ssdstudy.config import build_config, load_run_config
+from ssdstudy.distributed import launch_env, train_command
 from ssdstudy.errors import UserError
 from ssdstudy.runs import RunPaths, write_config
 
@@ -30,15 +29,8 @@ LOSS_TOLERANCE = 0.15
 
 
 def _train(params: Path, run_dir: Path, processes: int) -> subprocess.CompletedProcess:
-    cmd = [sys.executable]
-    if processes > 1:
-        # torchrun is `python -m torch.distributed.run`; --standalone picks a free port
-        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    cmd += ["-m", "ssdstudy", "train", str(params), "--run-dir", str(run_dir), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=900)
+    cmd = train_command(params, run_dir, processes, "--no-progress")
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, env=launch_env(1), timeout=900)
 
 
 @pytest.mark.slow  # 21-36 s on 2 busy cores: two trainings
@@ -127,6 +119,22 @@ def test_the_global_batch_divides_among_the_processes(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(UserError, match="multiple of the number of processes"):
         distributed.per_process_batch(16)
+
+
+def test_the_launch_command_uses_torchrun_for_several_processes_only(monkeypatch):
+    one = train_command("run.yaml", "out", 1, "--resume")
+    assert "torch.distributed.run" not in one
+    assert one[1:] == ["-m", "ssdstudy", "train", "run.yaml", "--run-dir", "out", "--resume"]
+    two = train_command("run.yaml", "out", 2)
+    assert two[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert two[5:] == ["-m", "ssdstudy", "train", "run.yaml", "--run-dir", "out"]
+
+    # an enclosing torchrun job's place is not passed on; the threads are set per process
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    env = launch_env(1, EXTRA="x")
+    assert "RANK" not in env and "MASTER_PORT" not in env
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["EXTRA"]) == ("1", "1", "x")
 
 
 def test_other_processes_train_and_write_nothing(tiny_run_yaml, tmp_path, monkeypatch):
