@@ -38,9 +38,11 @@ def test_no_checkpoint_or_partial_file_is_published():
 
 def test_check_command_says_which_curves_still_rose(capsys):
     """`ssdstudy study check` reports each published run's soundness and where its
-    validation curve ended: flat, or still rising when it was stopped."""
+    validation curve ended: flat, still rising when it was stopped, or below the mAP
+    floor (a run that did not learn, whose flat end is no convergence)."""
     import pandas as pd
 
+    from ssdstudy.claims import MAP_FLOOR
     from ssdstudy.cli import main
     from ssdstudy.results import FLAT_GAIN, curve_end
 
@@ -50,7 +52,10 @@ def test_check_command_says_which_curves_still_rose(capsys):
         end = curve_end(pd.read_csv(run_dir / "history.csv"))
         line = next(line for line in out.splitlines() if line.startswith(f"{run_dir.name}: "))
         assert line.startswith(f"{run_dir.name}: ok")
-        if end["curve_flat"] is not None:
+        if end["val_map"] < MAP_FLOOR:
+            assert f"did not learn: validation VOC07 mAP {end['val_map']:.3f} at its end" in line
+            assert "flat" not in line
+        elif end["curve_flat"] is not None:
             assert ("flat at its end" if end["curve_flat"] else "still rising") in line
             assert f"last step {end['val_last_gain']:+.3f}, limit {FLAT_GAIN:g}" in line
     assert f"{len(PUBLISHED)} of {len(make_plan('default').runs)} runs of the default plan published and sound" in out

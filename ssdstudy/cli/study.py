@@ -97,6 +97,7 @@ def fields(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from ssdstudy.claims import MAP_FLOOR
     from ssdstudy.published import check_published
     from ssdstudy.results import FLAT_GAIN, curve_end
     from ssdstudy.study import make_plan
@@ -104,13 +105,17 @@ def check(args: argparse.Namespace) -> int:
     problems = check_published(args.profile)
     plan = make_plan(args.profile)
     longest = max((cfg.train.epochs for cfg in plan.runs.values()), default=0)
-    rising, short = [], []
+    rising, short, unlearned = [], [], []
     for run_id, found in problems.items():
         curve = ""
         history = plan.paths(run_id).history
         if not found and history.is_file():  # a run with problems is reported by them alone
             end = curve_end(pd.read_csv(history))
-            if end["curve_flat"] is not None:
+            if end["val_map"] < MAP_FLOOR:  # a flat end below the floor is not convergence
+                curve = (f"; did not learn: validation VOC07 mAP {end['val_map']:.3f} at its end, "
+                         f"below the floor of {MAP_FLOOR:g}")
+                unlearned.append(run_id)
+            elif end["curve_flat"] is not None:
                 curve = (f"; validation curve {'flat' if end['curve_flat'] else 'still rising'} at its end "
                          f"(last step {end['val_last_gain']:+.3f}, limit {FLAT_GAIN:g})")
                 if not end["curve_flat"]:
@@ -126,6 +131,9 @@ def check(args: argparse.Namespace) -> int:
     if short:
         print(f"{len(short)} runs of a short protocol (fewer epochs than the plan's {longest}, as mining's) "
               f"still rose when they stopped, by design: {', '.join(short)}")
+    if unlearned:
+        print(f"{len(unlearned)} published runs did not learn (below the mAP floor; the claims cannot test "
+              f"with them): {', '.join(unlearned)}")
     return 1 if any(problems.values()) else 0
 
 
