@@ -42,6 +42,14 @@ is too close to call when the two medians are closer than the mean of their
 interquartile ranges (the spread the timing files record). A timing measured on a busy
 machine (flagged by :func:`ssdstudy.timing.busy_reasons`) cannot be tested: see
 :func:`_busy`.
+
+Training is noise too. Given the study's runs with several seeds (the seeds
+experiment's frame, as :class:`ssdstudy.seednoise.SeedNoise`), a comparison of mAPs
+whose difference is smaller than the spread between seeds of the settings it compares
+(:meth:`ssdstudy.seednoise.SeedNoise.band`) is too close to call as well, whatever the
+bootstrap says: another seed could reverse it. The check's detail names the spread and
+whose seeds measured it; where no setting was trained with several seeds it says that
+the spread between seeds was not measured.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ import pandas as pd
 
 from ssdstudy.data.bins import SIZE_BINS
 from ssdstudy.evaluate.bootstrap import MapDifference, Outcomes, paired_contrast, paired_statistic
+from ssdstudy.seednoise import Band, SeedNoise
 
 __all__ = [
     "BOTTLENECK_SHARE",
@@ -348,17 +357,44 @@ def _budget_note(vgg: pd.DataFrame, mobilenet: pd.DataFrame) -> str:
             "its time). Their mAPs compare the budgets as much as the backbones.")
 
 
-def _settle(text: str, holds: bool, detail: str, diff: MapDifference | None, *, ties_hold: bool = False) -> Check:
+def _settle(text: str, holds: bool, detail: str, diff: MapDifference | None, *, ties_hold: bool = False,
+            value: float | None = None, seeds: SeedNoise | None = None, band: Band | None = None) -> Check:
     """The check "a statistic is positive" (``holds``: its direction from the results'
     numbers). With its bootstrap value ``diff`` it holds when the whole interval is above
     0, fails when it is below 0, and is too close to call otherwise; with ``ties_hold``
-    (a statement "at least") an interval at or above 0 holds."""
+    (a statement "at least") an interval at or above 0 holds.
+
+    With ``seeds`` given, the statistic's ``value`` (``diff.difference`` when None) is
+    also held against the spread between seeds ``band``: a settled check whose value is
+    smaller than ``band.width`` becomes too close to call; without a band the detail says
+    that the spread between seeds was not measured."""
     if diff is None:
-        return Check(text, holds, detail)
-    detail = f"{detail}; {diff.text()}"
-    if ties_hold and diff.low >= 0:
-        return Check(text, True, detail)
-    return Check(text, diff.difference > 0, detail) if diff.settled else Check(text, None, detail, undecided=True)
+        check = Check(text, holds, detail)
+    else:
+        detail = f"{detail}; {diff.text()}"
+        if ties_hold and diff.low >= 0:
+            check = Check(text, True, detail)
+        else:
+            check = (Check(text, diff.difference > 0, detail) if diff.settled
+                     else Check(text, None, detail, undecided=True))
+    if seeds is None:
+        return check
+    if band is None:
+        return Check(text, check.holds, f"{check.detail}; spread between seeds not measured", check.undecided)
+    value = value if value is not None else (diff.difference if diff is not None else None)
+    if check.holds is not None and value is not None and abs(value) < band.width:
+        return Check(text, None, f"{check.detail}; within the {band.text()}", undecided=True)
+    return Check(text, check.holds, f"{check.detail}; {band.text()}", check.undecided)
+
+
+def _seed_band(seeds: SeedNoise | None, frames: Sequence[pd.DataFrame], metrics: Sequence[str] = ("voc07_map",),
+               scale: float = 1.0) -> Band | None:
+    """:meth:`SeedNoise.band` of a comparison, None without seeds."""
+    return seeds.band(frames, metrics, scale) if seeds is not None else None
+
+
+def _bin_metrics(names: Sequence[str]) -> list[str]:
+    return [f"bin {n}" for n in names]
 
 
 def _not_learned(text: str, values: Sequence[float], where: str = "") -> Check | None:
@@ -370,9 +406,12 @@ def _not_learned(text: str, values: Sequence[float], where: str = "") -> Check |
                              f"(VOC07 mAP {min(low):.3f}, below the floor of {MAP_FLOOR:g})", not_learned=True)
 
 
-def _contrast_check(text: str, terms: Sequence[tuple[float, pd.DataFrame]], detail: str) -> Check:
+def _contrast_check(text: str, terms: Sequence[tuple[float, pd.DataFrame]], detail: str,
+                    seeds: SeedNoise | None = None) -> Check:
     """Check that the weighted sum of the runs' mAPs is positive; too close to call when
-    its bootstrap interval holds 0; cannot test when a run has not learned."""
+    its bootstrap interval holds 0 or (with ``seeds``) when it is smaller than the spread
+    between seeds, scaled by half of the sum of the absolute weights; cannot test when a
+    run has not learned."""
     values = [_mean(rows, "voc07_map") for _, rows in terms]
     if any(v is None for v in values):
         return _missing(text)
@@ -380,7 +419,8 @@ def _contrast_check(text: str, terms: Sequence[tuple[float, pd.DataFrame]], deta
     if gate is not None:
         return gate
     value = sum(coef * v for (coef, _), v in zip(terms, values, strict=True))
-    return _settle(text, value > 0, detail, map_contrast(terms))
+    band = _seed_band(seeds, [rows for _, rows in terms], scale=sum(abs(c) for c, _ in terms) / 2)
+    return _settle(text, value > 0, detail, map_contrast(terms), value=value, seeds=seeds, band=band)
 
 
 #: Timings a busy machine spoils (training speed is measured apart, over whole epochs).
@@ -438,9 +478,10 @@ def _time_outcome(text: str, a: float, b: float, iqr_a: float | None, iqr_b: flo
     return Check(text, a > b, detail)
 
 
-def _map_check(text: str, higher: pd.DataFrame, lower: pd.DataFrame, detail: str) -> Check:
+def _map_check(text: str, higher: pd.DataFrame, lower: pd.DataFrame, detail: str,
+               seeds: SeedNoise | None = None) -> Check:
     """Check that run ``higher`` has the higher mAP than run ``lower``."""
-    return _contrast_check(text, [(1.0, higher), (-1.0, lower)], detail)
+    return _contrast_check(text, [(1.0, higher), (-1.0, lower)], detail, seeds)
 
 
 def _device(df: pd.DataFrame) -> str:
@@ -476,8 +517,9 @@ def _first(df: pd.DataFrame) -> pd.Series | None:
 # --- the claims -------------------------------------------------------------------------
 
 
-def claim_backbone(df: pd.DataFrame) -> Verdict:
-    """Claim 1 from the backbone experiment: baselines (augmentation on, 3:1 mining)."""
+def claim_backbone(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
+    """Claim 1 from the backbone experiment: baselines (augmentation on, 3:1 mining);
+    ``seeds``: the study's spreads between seeds (see :func:`_settle`)."""
     v, m = _run(df, VGG), _run(df, MOBILENET)
     checks = []
     for col, text, better in (("voc07_map", "VGG16-SSD has the higher mAP", "higher"),
@@ -489,11 +531,11 @@ def claim_backbone(df: pd.DataFrame) -> Verdict:
             detail = f"VGG16 {a:.3g} ms against MobileNetV1 {b:.3g} ms on {_device(pd.concat([v, m]))}"
             checks.append(_time_check(text, v, m, col, detail))
         else:
-            checks.append(_map_check(text, v, m, f"VGG16 {a:.3f} against MobileNetV1 {b:.3f}"))
+            checks.append(_map_check(text, v, m, f"VGG16 {a:.3f} against MobileNetV1 {b:.3f}", seeds))
     return Verdict(1, tuple(checks), _budget_note(v, m))
 
 
-def _small_gain_check(name: str, on: pd.DataFrame, off: pd.DataFrame) -> Check:
+def _small_gain_check(name: str, on: pd.DataFrame, off: pd.DataFrame, seeds: SeedNoise | None = None) -> Check:
     """Is the mAP gain of ``on`` over ``off`` larger, on average, in the small bins?"""
     text = f"for {name} the gain is largest on small objects (under 10 % of the image)"
     if on.empty or off.empty:
@@ -516,11 +558,13 @@ def _small_gain_check(name: str, on: pd.DataFrame, off: pd.DataFrame) -> Check:
         gain = maps[0] - maps[1]
         return _row_mean(gain[:, small_bins]) - _row_mean(gain[:, other_bins])
 
+    # a difference of two differences of the runs' bin mAPs: twice a spread between seeds
+    band = _seed_band(seeds, [on, off], _bin_metrics(list(gains)), scale=2.0)
     return _settle(text, s > o, f"mean gain {s:+.3f} on small objects, {o:+.3f} on larger ones",
-                   bin_statistic([on, off], excess))
+                   bin_statistic([on, off], excess), value=s - o, seeds=seeds, band=band)
 
 
-def claim_augmentation(df: pd.DataFrame) -> Verdict:
+def claim_augmentation(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
     """Claim 2 from runs with augmentation "all" and "none" (backbone experiment)."""
     checks = []
     for backbone in (VGG, MOBILENET):
@@ -529,8 +573,8 @@ def claim_augmentation(df: pd.DataFrame) -> Verdict:
         a, b = _mean(on, "voc07_map"), _mean(off, "voc07_map")
         text = f"augmentation raises {name}'s mAP"
         checks.append(_missing(text) if a is None or b is None
-                      else _map_check(text, on, off, f"{b:.3f} without, {a:.3f} with"))
-        checks.append(_small_gain_check(name, on, off))
+                      else _map_check(text, on, off, f"{b:.3f} without, {a:.3f} with", seeds))
+        checks.append(_small_gain_check(name, on, off, seeds))
         a, b = _mean(on, "epoch_seconds"), _mean(off, "epoch_seconds")
         text = f"an epoch of {name} takes less time without augmentation"
         checks.append(_missing(text) if a is None or b is None
@@ -538,7 +582,7 @@ def claim_augmentation(df: pd.DataFrame) -> Verdict:
     return Verdict(2, tuple(checks))
 
 
-def claim_width(df: pd.DataFrame) -> Verdict:
+def claim_width(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
     """Claim 3 from the width experiment: for each width below 1, the relative loss of
     mAP against the relative saving of prediction time, both from width 1.0."""
     checks = []
@@ -573,7 +617,10 @@ def claim_width(df: pd.DataFrame) -> Verdict:
                                     undecided=True))
                 continue
             # loss > saving  <=>  (1 - saving) * mAP(1.0) - mAP(width) > 0: a contrast of the two runs
-            checks.append(_settle(text, loss > saving, detail, map_contrast([(1 - saving, full), (-1.0, sub)])))
+            terms = [(1 - saving, full), (-1.0, sub)]
+            band = _seed_band(seeds, [full, sub], scale=(abs(1 - saving) + 1) / 2)
+            checks.append(_settle(text, loss > saving, detail, map_contrast(terms),
+                                  value=(1 - saving) * ref_map - m, seeds=seeds, band=band))
     if not checks:
         checks.append(_missing("narrower MobileNets lose more accuracy than they gain in speed"))
     return Verdict(3, tuple(checks))
@@ -680,7 +727,7 @@ def claim_nms(df: pd.DataFrame, hw: pd.DataFrame | None = None) -> Verdict:
     return Verdict(5, tuple(checks), note)
 
 
-def claim_mining(df: pd.DataFrame) -> Verdict:
+def claim_mining(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
     """Claim 6 from the mining experiment (3:1 against every negative)."""
     checks = []
     drops = {}
@@ -693,7 +740,7 @@ def claim_mining(df: pd.DataFrame) -> Verdict:
             checks.append(_missing(text))
         else:
             drops[backbone] = a - b
-            checks.append(_map_check(text, on, off, f"{a:.3f} with 3:1 mining, {b:.3f} without"))
+            checks.append(_map_check(text, on, off, f"{a:.3f} with 3:1 mining, {b:.3f} without", seeds))
         a, b = _mean(on, "prediction_ms"), _mean(off, "prediction_ms")
         text = f"without mining {name}'s prediction takes longer"
         checks.append(_missing(text) if a is None or b is None
@@ -703,7 +750,7 @@ def claim_mining(df: pd.DataFrame) -> Verdict:
         text,
         [(1.0, _run(df, MOBILENET, mining="3:1")), (-1.0, _run(df, MOBILENET, mining="none")),
          (-1.0, _run(df, VGG, mining="3:1")), (1.0, _run(df, VGG, mining="none"))],
-        f"{drops[MOBILENET]:.3f} against {drops[VGG]:.3f}",
+        f"{drops[MOBILENET]:.3f} against {drops[VGG]:.3f}", seeds,
     ) if len(drops) == 2 else _missing(text))
     v_rows, m_rows = _run(df, VGG, mining="3:1"), _run(df, MOBILENET, mining="3:1")
     v, m = _mean(v_rows, "voc07_map"), _mean(m_rows, "voc07_map")
@@ -711,11 +758,11 @@ def claim_mining(df: pd.DataFrame) -> Verdict:
     epochs = _mean(df, "epochs") if df is not None else None
     when = f" after {epochs:.0f} epochs" if epochs is not None else ""
     checks.append(_missing(text) if v is None or m is None
-                  else _map_check(text, m_rows, v_rows, f"MobileNetV1 {m:.3f}, VGG16 {v:.3f}{when}"))
+                  else _map_check(text, m_rows, v_rows, f"MobileNetV1 {m:.3f}, VGG16 {v:.3f}{when}", seeds))
     return Verdict(6, tuple(checks), _budget_note(v_rows, m_rows))
 
 
-def claim_sizes(df: pd.DataFrame) -> Verdict:
+def claim_sizes(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
     """Claim 7 from the sizes experiment (both backbones, augmentation on and off)."""
     checks = []
     if df is not None and len(df):
@@ -744,8 +791,11 @@ def claim_sizes(df: pd.DataFrame) -> Verdict:
                 # how far the smallest bin lies below the lowest of the others
                 return _row_extreme(maps[0][:, others], largest=False) - maps[0][:, first]
 
-            checks.append(_settle(text, values[smallest] <= values[worst], detail,
-                                  bin_statistic([pd.DataFrame([row])], margin), ties_hold=True))
+            one = pd.DataFrame([row])
+            below = min(v for k, v in values.items() if k != smallest) - values[smallest]
+            checks.append(_settle(text, values[smallest] <= values[worst], detail, bin_statistic([one], margin),
+                                  ties_hold=True, value=below, seeds=seeds,
+                                  band=_seed_band(seeds, [one], _bin_metrics(list(values)))))
     for augment, which in (("all", "with augmentation"),):
         v, m = _bin_values(_first(_run(df, VGG, augment))), _bin_values(_first(_run(df, MOBILENET, augment)))
         lead = {k: v[k] - m[k] for k in v.keys() & m.keys()}
@@ -770,8 +820,14 @@ def claim_sizes(df: pd.DataFrame) -> Verdict:
                 gap = maps[0] - maps[1]
                 return _row_extreme(gap[:, small_bins], largest=True) - _row_extreme(gap[:, other_bins], largest=True)
 
-            diff = bin_statistic([_run(df, VGG, augment), _run(df, MOBILENET, augment)], excess) if other_bins else None
-            checks.append(_settle(text, best in SMALL_BINS, detail, diff))
+            pair = [_run(df, VGG, augment), _run(df, MOBILENET, augment)]
+            diff = bin_statistic(pair, excess) if other_bins else None
+            small_lead = max(lead[k] for k in lead if k in SMALL_BINS)
+            other_lead = max((lead[k] for k in lead if k not in SMALL_BINS), default=float("nan"))
+            value = small_lead - other_lead if other_bins else None
+            # a difference of two leads (each a difference of two runs): twice a spread
+            checks.append(_settle(text, best in SMALL_BINS, detail, diff, value=value, seeds=seeds,
+                                  band=_seed_band(seeds, pair, _bin_metrics(list(lead)), scale=2.0)))
     v, m = _bin_values(_first(_run(df, VGG, "none"))), _bin_values(_first(_run(df, MOBILENET, "none")))
     common = [k for k in LARGE_BINS if k in v and k in m]
     text = "without augmentation MobileNetV1 beats VGG16 on objects of 40-80 % of the image"
@@ -787,8 +843,10 @@ def claim_sizes(df: pd.DataFrame) -> Verdict:
         def lead(maps: Sequence[np.ndarray]) -> np.ndarray:
             return _row_mean(maps[0][:, large_bins]) - _row_mean(maps[1][:, large_bins])
 
+        pair = [_run(df, MOBILENET, "none"), _run(df, VGG, "none")]
         checks.append(_settle(text, a > b, f"mean mAP over bins {', '.join(common)}: MobileNetV1 {a:.3f}, VGG16 {b:.3f}",
-                              bin_statistic([_run(df, MOBILENET, "none"), _run(df, VGG, "none")], lead)))
+                              bin_statistic(pair, lead), value=a - b, seeds=seeds,
+                              band=_seed_band(seeds, pair, _bin_metrics(common))))
     return Verdict(7, tuple(checks), _budget_note(_run(df, VGG), _run(df, MOBILENET)))
 
 
@@ -835,22 +893,24 @@ def combine_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 def assess_all(frames: Mapping[str, pd.DataFrame], hardware: pd.DataFrame | None = None) -> list[Verdict]:
     """The eight verdicts, from the frames of the experiments by name (``backbone``,
-    ``width``, ``augmentation``, ``mining``, ``sizes``, ``hardware``, ``nms``; missing
-    ones count as empty) and the hardware table."""
+    ``width``, ``augmentation``, ``mining``, ``sizes``, ``hardware``, ``nms``, ``seeds``;
+    missing ones count as empty) and the hardware table. The seeds experiment's runs
+    give the spreads between seeds that the mAP comparisons are held against."""
     empty = pd.DataFrame()
 
     def get(name: str) -> pd.DataFrame:
         return frames.get(name, empty)
 
     hw = hardware if hardware is not None else empty
+    seeds = SeedNoise(get("seeds"))
     return [
-        claim_backbone(get("backbone")),
-        claim_augmentation(combine_frames([get("backbone"), get("sizes"), get("augmentation")])),
-        claim_width(get("width")),
+        claim_backbone(get("backbone"), seeds),
+        claim_augmentation(combine_frames([get("backbone"), get("sizes"), get("augmentation")]), seeds),
+        claim_width(get("width"), seeds),
         claim_gpu_cpu(hw),
         claim_nms(get("nms"), hw),
-        claim_mining(get("mining")),
-        claim_sizes(get("sizes")),
+        claim_mining(get("mining"), seeds),
+        claim_sizes(get("sizes"), seeds),
         claim_training_devices(hw),
     ]
 

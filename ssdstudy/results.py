@@ -366,7 +366,7 @@ def timing_notes(frame: pd.DataFrame) -> str:
 
 
 #: What makes runs the same setting apart from their seed.
-SETTING_COLUMNS = ("backbone", "variant", "width", "augment", "mining", "image_size", "epochs")
+SETTING_COLUMNS = ("backbone", "variant", "width", "augment", "mining", "tiling", "image_size", "epochs")
 
 
 def runtimes_folder(profile: str, results: Path | None = None) -> Path:
@@ -417,13 +417,15 @@ def seed_spread(df: pd.DataFrame, metric: str = "voc07_map") -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame()
     keys = [c for c in SETTING_COLUMNS if c in df.columns]
-    data = df.assign(_half=(df["voc07_map_high"] - df["voc07_map_low"]) / 2) if metric == "voc07_map" else df
+    interval = metric == "voc07_map" and {"voc07_map_low", "voc07_map_high"} <= set(df.columns)
+    data = df.assign(_half=(df["voc07_map_high"] - df["voc07_map_low"]) / 2) if interval else df
     rows = []
     for key, group in data.groupby(keys, sort=False, dropna=False):
         values = group[metric].astype(float)
+        setting = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         rows.append({
-            **dict(zip(keys, key if isinstance(key, tuple) else (key,))),
-            "label": group["label"].iloc[0],
+            **setting,
+            "label": group["label"].iloc[0] if "label" in group else ", ".join(str(v) for v in setting.values()),
             "seeds": int(values.notna().sum()),
             "mean": float(values.mean()),
             "std": float(values.std(ddof=1)) if values.notna().sum() > 1 else float("nan"),

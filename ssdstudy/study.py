@@ -178,6 +178,17 @@ def experiment_frame(profile: str, experiment: str, results: Path | None = None)
     return load_runs(profile, ids, results=results)
 
 
+def seed_noise(profile: str, results: Path | None = None):
+    """The spreads between seeds of a profile's seeds experiment
+    (:class:`ssdstudy.seednoise.SeedNoise`; empty when the profile has no seeds
+    experiment): what the chapters' verdicts hold their mAP differences against."""
+    from ssdstudy.seednoise import SeedNoise
+
+    if "seeds" not in read_profile(profile).study.experiments:
+        return SeedNoise(None)
+    return SeedNoise(experiment_frame(profile, "seeds", results=results))
+
+
 def profile_verdicts(profile: str, results: Path | None = None) -> list:
     """The eight claims' verdicts from a profile's results at hand (what the conclusions
     chapter and ``ssdstudy study claims`` show)."""

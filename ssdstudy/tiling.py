@@ -9,6 +9,12 @@ interval holds 0 is too close to call; a run below the mAP floor did not learn a
 cannot be compared (:data:`ssdstudy.claims.MAP_FLOOR`). Each interval is a 95 % interval
 of its own comparison, with no correction for the nine made (three runs, three
 measures): one of them may leave out 0 by chance.
+
+Each tiling is trained with one seed. Given the study's spreads between seeds
+(:class:`ssdstudy.seednoise.SeedNoise`), a difference smaller than the spread between
+seeds of the own boxes' setting (or, where that setting has one seed, the study's
+largest spread) is too close to call as well: another seed of either run could
+reverse it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ssdstudy.evaluate.bootstrap import (
     paired_statistic,
 )
 from ssdstudy.results import SIZE_BIN_NAMES
+from ssdstudy.seednoise import Band, SeedNoise
 
 #: The bins where the original study saw every model fail: objects under 10 % of the image.
 SMALL_BINS = ("0-5", "5-10")
@@ -39,23 +46,27 @@ def default_boxes(run_dir: str | Path) -> int:
     return build_from_config(config.model, num_classes=2).num_priors
 
 
-def _verdict(diff: MapDifference, learned: bool) -> str:
+def _verdict(diff: MapDifference, learned: bool, band: Band | None = None) -> str:
     if not learned:
         return "cannot test: a run did not learn"
     if not diff.settled:
         return "too close to call"
+    if band is not None and abs(diff.difference) < band.width:
+        return f"too close to call: within the spread between seeds ({band.spread:.3f})"
     return "better" if diff.difference > 0 else "worse"
 
 
-def tiling_table(df: pd.DataFrame, *, resamples: int = 1000) -> pd.DataFrame:
+def tiling_table(df: pd.DataFrame, *, resamples: int = 1000, seeds: SeedNoise | None = None) -> pd.DataFrame:
     """One row per run of ``df`` (the tiling experiment's frame): its boxes, mAP, the
-    differences to the run with the backbone's own boxes, and prediction time."""
+    differences to the run with the backbone's own boxes, and prediction time; with
+    ``seeds``, a difference within the spread between seeds is too close to call."""
     from ssdstudy.claims import MAP_FLOOR
 
     own = df[df["tiling"] == "own"]
     if own.empty or df.empty:
         return pd.DataFrame()
     base = own.iloc[0]
+    pair = [own.iloc[:1]]  # the own boxes' setting: the spread between seeds of its runs
     base_outcomes = Outcomes.load(Path(base["run_dir"]) / "outcomes.npz")
     rows = []
     for _, r in df.iterrows():
@@ -73,7 +84,8 @@ def tiling_table(df: pd.DataFrame, *, resamples: int = 1000) -> pd.DataFrame:
             learned = min(r["voc07_map"], base["voc07_map"]) >= MAP_FLOOR
             diff = paired_difference(outcomes, base_outcomes, resamples=resamples)
             row["vs own: mAP"] = f"{diff.difference:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
-            row["vs own: verdict"] = _verdict(diff, learned)
+            band = seeds.band(pair) if seeds is not None else None
+            row["vs own: verdict"] = _verdict(diff, learned, band)
             for name in SMALL_BINS:
                 k = SIZE_BIN_NAMES.index(name)
                 small = paired_statistic(lambda maps, k=k: maps[0][:, k] - maps[1][:, k], [outcomes, base_outcomes],
@@ -81,7 +93,8 @@ def tiling_table(df: pd.DataFrame, *, resamples: int = 1000) -> pd.DataFrame:
                 values = np.array([r.get(f"bin {name}", np.nan), base.get(f"bin {name}", np.nan)], dtype=float)
                 bin_learned = bool(np.all(values >= MAP_FLOOR))  # nan (an empty bin) is not learned
                 row[f"vs own: {name} %"] = f"{small.difference:+.3f} [{small.low:+.3f}, {small.high:+.3f}]"
-                row[f"vs own: {name} % verdict"] = _verdict(small, bin_learned)
+                bin_band = seeds.band(pair, [f"bin {name}"]) if seeds is not None else None
+                row[f"vs own: {name} % verdict"] = _verdict(small, bin_learned, bin_band)
         rows.append(row)
     return pd.DataFrame(rows)
 

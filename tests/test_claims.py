@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ssdstudy import claims
+from ssdstudy.seednoise import SeedNoise
 
 BINS = ("0-5", "5-10", "10-20", "20-40", "40-60", "60-80", "80-100")
 
@@ -318,3 +319,43 @@ def test_claim_5_with_untrained_weights_only_fails():
     assert check.outcome == "fails" and "upper bound" in check.detail
     trained = frame(hw_row("cuda", "H100", "vgg16", 5, trained=True))
     assert claims.claim_nms(pd.DataFrame(), trained).checks[0].outcome == "holds"
+
+
+# --- the spread between seeds -----------------------------------------------------------
+def seed_rows(backbone, values, **kw):
+    return [row(backbone, mAP=v, seed=s, label=f"{backbone} baseline", **kw) for s, v in enumerate(values)]
+
+
+def test_a_difference_within_the_spread_between_seeds_is_too_close_to_call():
+    df = frame(row("vgg16", mAP=0.70, ms=100), row("mobilenet_v1", mAP=0.60, ms=20))
+    wide = SeedNoise(frame(*seed_rows("mobilenet_v1", [0.55, 0.62, 0.68])))  # spread 0.13 > 0.10
+    check = claims.claim_backbone(df, wide).checks[0]
+    assert check.outcome == "too close to call"
+    assert "within the spread between seeds 0.130 (mobilenet_v1 baseline, 3 seeds)" in check.detail
+    narrow = SeedNoise(frame(*seed_rows("mobilenet_v1", [0.58, 0.61])))  # spread 0.03 < 0.10
+    check = claims.claim_backbone(df, narrow).checks[0]
+    assert check.outcome == "holds" and "; spread between seeds 0.030" in check.detail
+    # no setting with several seeds: the verdict says the training noise was not measured
+    check = claims.claim_backbone(df, SeedNoise(None)).checks[0]
+    assert check.outcome == "holds" and check.detail.endswith("spread between seeds not measured")
+    # timings are not held against the spread of mAPs
+    assert "seeds" not in claims.claim_backbone(df, wide).checks[1].detail
+
+
+def test_a_difference_of_two_drops_is_held_against_twice_the_spread():
+    df = frame(row("vgg16", mAP=0.6), row("vgg16", mining="none", mAP=0.55),
+               row("mobilenet_v1", mAP=0.65), row("mobilenet_v1", mining="none", mAP=0.5))
+    seeds = SeedNoise(frame(*seed_rows("mobilenet_v1", [0.62, 0.68])))  # spread 0.06
+    checks = {c.statement: c for c in claims.claim_mining(df, seeds).checks}
+    assert checks["without mining MobileNetV1's mAP drops"].outcome == "holds"      # 0.15 > 0.06
+    assert checks["without mining VGG16's mAP drops"].outcome == "too close to call"  # 0.05 < 0.06 (stand-in)
+    larger = checks["the drop is larger for MobileNetV1"]                           # 0.10 < 2 x 0.06
+    assert larger.outcome == "too close to call" and "x2 for this statistic" in larger.detail
+
+
+def test_assess_all_reads_the_seeds_experiment():
+    backbone = frame(row("vgg16", mAP=0.70, ms=100), row("mobilenet_v1", mAP=0.60, ms=20))
+    seeds = frame(*seed_rows("mobilenet_v1", [0.5, 0.7]))
+    verdict = claims.assess_all({"backbone": backbone, "seeds": seeds})[0]
+    assert verdict.checks[0].outcome == "too close to call" and verdict.status == "too close to call"
+    assert claims.assess_all({"backbone": backbone})[0].status == "supported"
