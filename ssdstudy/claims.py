@@ -46,10 +46,12 @@ machine (flagged by :func:`ssdstudy.timing.busy_reasons`) cannot be tested: see
 Training is noise too. Given the study's runs with several seeds (the seeds
 experiment's frame, as :class:`ssdstudy.seednoise.SeedNoise`), a comparison of mAPs
 whose difference is smaller than the spread between seeds of the settings it compares
-(:meth:`ssdstudy.seednoise.SeedNoise.band`) is too close to call as well, whatever the
-bootstrap says: another seed could reverse it. The check's detail names the spread and
-whose seeds measured it; where no setting was trained with several seeds it says that
-the spread between seeds was not measured.
+(:meth:`ssdstudy.seednoise.SeedNoise.band`: the whole-set mAP's spread, or for a
+statement about size bins the largest spread of the bins it uses) is too close to call
+as well, whatever the bootstrap says: another seed could reverse it. The check's detail
+names the band, the spread it scales and whose seeds measured it (and when the study's
+largest spread stands in for settings trained once); where no setting was trained with
+several seeds it says that the spread between seeds was not measured.
 """
 
 from __future__ import annotations
@@ -383,8 +385,9 @@ def _settle(text: str, holds: bool, detail: str, diff: MapDifference | None, *, 
         return Check(text, check.holds, f"{check.detail}; spread between seeds not measured", check.undecided)
     value = value if value is not None else (diff.difference if diff is not None else None)
     if check.holds is not None and value is not None and abs(value) < band.width:
-        return Check(text, None, f"{check.detail}; within the {band.text()}", undecided=True)
-    return Check(text, check.holds, f"{check.detail}; {band.text()}", check.undecided)
+        return Check(text, None, f"{check.detail}; within {band.text()}", undecided=True)
+    return Check(text, check.holds, f"{check.detail}; beyond {band.text()}" if check.holds is not None
+                 else f"{check.detail}; {band.text()}", check.undecided)
 
 
 def _seed_band(seeds: SeedNoise | None, frames: Sequence[pd.DataFrame], metrics: Sequence[str] = ("voc07_map",),
@@ -611,8 +614,8 @@ def claim_width(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
             if busy:
                 checks.append(_busy_check(text, detail, busy))
                 continue
-            band = _mean(sub, "prediction_ms_iqr"), _mean(full, "prediction_ms_iqr")
-            if None not in band and abs(ref_ms - t) < (band[0] + band[1]) / 2:
+            iqr = _mean(sub, "prediction_ms_iqr"), _mean(full, "prediction_ms_iqr")
+            if None not in iqr and abs(ref_ms - t) < (iqr[0] + iqr[1]) / 2:
                 checks.append(Check(text, None, detail + ": the time saved is within the timings' spread",
                                     undecided=True))
                 continue

@@ -172,6 +172,8 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
         "mining": mining_label(config["loss"]["neg_pos_ratio"]),
         "neg_pos_ratio": config["loss"]["neg_pos_ratio"],
         "tiling": tiling_label(config["model"]),
+        # the backbone's starting weights: "scratch", or the file of pretrained ones
+        "pretrained": Path(config["model"]["pretrained"]).name if config["model"].get("pretrained") else "scratch",
         "image_size": config["model"]["image_size"],
         "seed": int(config["train"].get("seed", 0)),
         "epochs": int(history["epoch"].max()) if len(history) else 0,
@@ -366,7 +368,7 @@ def timing_notes(frame: pd.DataFrame) -> str:
 
 
 #: What makes runs the same setting apart from their seed.
-SETTING_COLUMNS = ("backbone", "variant", "width", "augment", "mining", "tiling", "image_size", "epochs")
+SETTING_COLUMNS = ("backbone", "variant", "width", "pretrained", "augment", "mining", "tiling", "image_size", "epochs")
 
 
 def runtimes_folder(profile: str, results: Path | None = None) -> Path:
@@ -435,3 +437,18 @@ def seed_spread(df: pd.DataFrame, metric: str = "voc07_map") -> pd.DataFrame:
             "bootstrap_half_width": float(group["_half"].mean()) if "_half" in group else float("nan"),
         })
     return pd.DataFrame(rows)
+
+
+def bin_seed_spread(df: pd.DataFrame) -> pd.DataFrame:
+    """The spread between seeds (range) of each size bin's VOC07 mAP, one row per setting
+    with several seeds (index ``label``), one column per bin with test images."""
+    columns = {}
+    for name in SIZE_BIN_NAMES:
+        col = f"bin {name}"
+        if col not in df.columns or not df[col].notna().any():
+            continue
+        spread = seed_spread(df, col)
+        spread = spread[spread["seeds"] >= 2]
+        if not spread.empty:
+            columns[f"{name} %"] = spread.set_index("label")["range"]
+    return pd.DataFrame(columns)

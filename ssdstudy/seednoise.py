@@ -18,10 +18,13 @@ bounds a comparison:
 * where none of them was trained with several seeds, the largest spread measured in the
   study, on any setting, stands in (and says so): the noise of training measured on one
   setting is a better guess for another than none;
+* a statement about size bins takes the spreads of the bins' mAPs it uses, and the
+  largest of them: a bin holds fewer objects than the whole test set, and a statement
+  averaging several bins is held against its noisiest bin (on the side of caution);
 * a statement about a weighted sum of runs' mAPs (``sum c_i * mAP_i``) gets that spread
   times half of ``sum |c_i|``: one spread for the difference of two runs, two for a
   difference of two differences (claim 6's drops, a gain on small objects against a
-  gain on larger ones).
+  gain on larger ones), less than one for claim 3's ``(1 - saving) * mAP(1.0) - mAP(w)``.
 
 With no setting trained with several seeds there is no band (None): the verdicts then
 rest on the test set's noise alone, and say that the spread between seeds was not
@@ -47,28 +50,45 @@ class Band:
 
     Attributes:
         width: the difference (in the statistic's own units, mAP) below which the
-            comparison is too close to call.
+            comparison is too close to call: ``scale * spread``.
         spread: the spread between seeds it was scaled from.
-        source: which setting's seeds measured ``spread`` ("MobileNetV1, aug all, ...").
+        scale: half of the sum of the statistic's absolute weights.
+        metric: the result column the spread is of (``voc07_map``, ``bin 0-5``).
+        source: which setting's seeds measured ``spread`` ("MobileNetV1, aug all, ...,
+            42 epochs").
         seeds: how many seeds that setting has.
         stand_in: True when no setting compared has several seeds and the study's largest
             spread stands in for theirs.
+        unmeasured: how many of the settings compared have a single seed (their own
+            spread is not known; the band takes the others').
     """
 
     width: float
     spread: float
+    scale: float
+    metric: str
     source: str
     seeds: int
     stand_in: bool = False
+    unmeasured: int = 0
+
+    @property
+    def of(self) -> str:
+        """What the spread is of: ``"mAP"`` or ``"the 0-5 % bin's mAP"``."""
+        return f"the {self.metric[4:]} % bin's mAP" if self.metric.startswith("bin ") else "mAP"
 
     def text(self) -> str:
-        """``"spread between seeds 0.049 (MobileNetV1 ..., 2 seeds)"``, saying when it
-        stands in for settings not trained with several seeds."""
+        """The band in words: its width, the spread it scales and whose seeds measured
+        it, saying when it stands in for settings trained with one seed."""
         whose = f"{self.source}, {self.seeds} seeds"
         if self.stand_in:
-            whose = f"the study's largest, {whose}; the settings compared have one seed each"
-        scaled = f", x{self.width / self.spread:g} for this statistic" if self.spread and self.width != self.spread else ""
-        return f"spread between seeds {self.spread:.3f} ({whose}{scaled})"
+            whose = f"the study's largest, of {whose}, standing in: the settings compared have one seed each"
+        elif self.unmeasured:
+            whose += f"; {self.unmeasured} other setting{'s' if self.unmeasured > 1 else ''} compared, one seed"
+        spread = f"the spread between seeds of {self.of}, {self.spread:.3f} ({whose})"
+        if self.scale == 1.0:
+            return spread
+        return f"{self.width:.3f} = {self.scale:.3g} x {spread}"
 
 
 class SeedNoise:
@@ -98,22 +118,21 @@ class SeedNoise:
         """Whether any setting's VOC07 mAP was measured with several seeds."""
         return not self.spreads().empty
 
-    def _setting_rows(self, table: pd.DataFrame, frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-        """The rows of ``table`` whose setting is that of a run in ``frames``."""
-        wanted = []
+    def _settings(self, frames: Sequence[pd.DataFrame]) -> list[tuple]:
+        """The distinct settings (key tuples) of the runs in ``frames``."""
+        out: list[tuple] = []
         for frame in frames:
             if frame is None or frame.empty:
                 continue
             for _, run in frame.iterrows():
-                wanted.append(tuple(run.get(k) for k in self.keys))
-        if not wanted or table.empty:
-            return table.iloc[:0]
+                key = tuple(run.get(k) for k in self.keys)
+                if not any(_same(key, k) for k in out):
+                    out.append(key)
+        return out
 
-        def same(row: pd.Series) -> bool:
-            have = tuple(row[k] for k in self.keys)
-            return any(all(_equal(a, b) for a, b in zip(have, w, strict=True)) for w in wanted)
-
-        return table[table.apply(same, axis=1)]
+    def _source(self, row: pd.Series) -> str:
+        epochs = f", {int(row['epochs'])} epochs" if "epochs" in row and pd.notna(row["epochs"]) else ""
+        return f"{row['label']}{epochs}"
 
     def band(self, frames: Sequence[pd.DataFrame], metrics: Sequence[str] = ("voc07_map",),
              scale: float = 1.0) -> Band | None:
@@ -121,23 +140,30 @@ class SeedNoise:
         (several for a statement over several size bins: the largest of their spreads),
         times ``scale`` (half of the sum of the statistic's absolute weights); None when
         no setting of the study has several seeds measured on these metrics."""
-        candidates = []  # (spread, label, seeds, stand_in)
+        settings = self._settings(frames)
+        own, stand_ins = [], []  # (spread, metric, row, settings measured)
         for metric in metrics:
             table = self.spreads(metric)
             if table.empty:
                 continue
-            own = self._setting_rows(table, frames)
-            for rows, stand_in in ((own, False), (table, True)):
-                if not rows.empty:
-                    best = rows.loc[rows["range"].idxmax()]
-                    candidates.append((float(best["range"]), str(best["label"]), int(best["seeds"]), stand_in))
-                    break
-        if not candidates:
+            keys = [tuple(r[k] for k in self.keys) for _, r in table.iterrows()]
+            mine = [i for i, key in enumerate(keys) if any(_same(key, s) for s in settings)]
+            if mine:
+                rows = table.iloc[mine]
+                best = rows.loc[rows["range"].idxmax()]
+                own.append((float(best["range"]), metric, best, len(mine)))
+            else:
+                best = table.loc[table["range"].idxmax()]
+                stand_ins.append((float(best["range"]), metric, best, 0))
+        if not own and not stand_ins:
             return None
-        # settings compared measured on some metric take precedence over the stand-in
-        measured = [c for c in candidates if not c[3]] or candidates
-        spread, label, seeds, stand_in = max(measured, key=lambda c: c[0])
-        return Band(spread * scale, spread, label, seeds, stand_in)
+        spread, metric, best, measured = max(own or stand_ins, key=lambda c: c[0])
+        return Band(spread * scale, spread, scale, metric, self._source(best), int(best["seeds"]),
+                    stand_in=not own, unmeasured=max(len(settings) - measured, 0) if own else 0)
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _equal(a: object, b: object) -> bool:

@@ -12,9 +12,9 @@ measures): one of them may leave out 0 by chance.
 
 Each tiling is trained with one seed. Given the study's spreads between seeds
 (:class:`ssdstudy.seednoise.SeedNoise`), a difference smaller than the spread between
-seeds of the own boxes' setting (or, where that setting has one seed, the study's
-largest spread) is too close to call as well: another seed of either run could
-reverse it.
+seeds of the own boxes' setting (of its whole-set mAP, or of the bin's mAP; where that
+setting has one seed, the study's largest spread stands in, and the verdict says so) is
+too close to call as well: another seed of either run could reverse it.
 """
 
 from __future__ import annotations
@@ -46,14 +46,16 @@ def default_boxes(run_dir: str | Path) -> int:
     return build_from_config(config.model, num_classes=2).num_priors
 
 
-def _verdict(diff: MapDifference, learned: bool, band: Band | None = None) -> str:
+def _verdict(diff: MapDifference, learned: bool, seeds: SeedNoise | None = None, band: Band | None = None) -> str:
     if not learned:
         return "cannot test: a run did not learn"
     if not diff.settled:
         return "too close to call"
     if band is not None and abs(diff.difference) < band.width:
-        return f"too close to call: within the spread between seeds ({band.spread:.3f})"
-    return "better" if diff.difference > 0 else "worse"
+        whose = ", the study's largest standing in" if band.stand_in else ""
+        return f"too close to call: within the spread between seeds ({band.width:.3f}{whose})"
+    verdict = "better" if diff.difference > 0 else "worse"
+    return f"{verdict} (spread between seeds not measured)" if seeds is not None and band is None else verdict
 
 
 def tiling_table(df: pd.DataFrame, *, resamples: int = 1000, seeds: SeedNoise | None = None) -> pd.DataFrame:
@@ -85,7 +87,7 @@ def tiling_table(df: pd.DataFrame, *, resamples: int = 1000, seeds: SeedNoise | 
             diff = paired_difference(outcomes, base_outcomes, resamples=resamples)
             row["vs own: mAP"] = f"{diff.difference:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
             band = seeds.band(pair) if seeds is not None else None
-            row["vs own: verdict"] = _verdict(diff, learned, band)
+            row["vs own: verdict"] = _verdict(diff, learned, seeds, band)
             for name in SMALL_BINS:
                 k = SIZE_BIN_NAMES.index(name)
                 small = paired_statistic(lambda maps, k=k: maps[0][:, k] - maps[1][:, k], [outcomes, base_outcomes],
@@ -94,7 +96,7 @@ def tiling_table(df: pd.DataFrame, *, resamples: int = 1000, seeds: SeedNoise | 
                 bin_learned = bool(np.all(values >= MAP_FLOOR))  # nan (an empty bin) is not learned
                 row[f"vs own: {name} %"] = f"{small.difference:+.3f} [{small.low:+.3f}, {small.high:+.3f}]"
                 bin_band = seeds.band(pair, [f"bin {name}"]) if seeds is not None else None
-                row[f"vs own: {name} % verdict"] = _verdict(small, bin_learned, bin_band)
+                row[f"vs own: {name} % verdict"] = _verdict(small, bin_learned, seeds, bin_band)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -31,7 +31,7 @@ def test_a_comparison_takes_the_largest_spread_of_the_settings_it_compares():
     band = noise.band([frame(run()), frame(run(augment="none"))])
     assert band.spread == pytest.approx(0.05) and band.width == pytest.approx(0.05)  # 0.78 - 0.73 beats 0.02
     assert band.seeds == 3 and not band.stand_in
-    assert "spread between seeds 0.050 (mobilenet_v1 x1 all, 3 seeds)" == band.text()
+    assert band.text() == "the spread between seeds of mAP, 0.050 (mobilenet_v1 x1 all, 3 seeds)"
     only_none = noise.band([frame(run(augment="none"))])
     assert only_none.spread == pytest.approx(0.02) and only_none.seeds == 2
 
@@ -39,24 +39,39 @@ def test_a_comparison_takes_the_largest_spread_of_the_settings_it_compares():
 def test_settings_with_one_seed_borrow_the_study_s_largest_spread_and_say_so():
     band = SeedNoise(SEEDS).band([frame(run(width=0.25)), frame(run(backbone="vgg16_bn"))])
     assert band.stand_in and band.spread == pytest.approx(0.05)
-    assert "the study's largest" in band.text() and "one seed each" in band.text()
+    assert band.text() == ("the spread between seeds of mAP, 0.050 (the study's largest, of mobilenet_v1 x1 all, "
+                           "3 seeds, standing in: the settings compared have one seed each)")
+
+
+def test_a_band_names_the_settings_compared_that_have_one_seed():
+    band = SeedNoise(SEEDS).band([frame(run()), frame(run(width=0.25))])
+    assert not band.stand_in and band.unmeasured == 1
+    assert band.text().endswith("3 seeds; 1 other setting compared, one seed)")
 
 
 def test_a_statistic_of_several_differences_gets_a_scaled_band():
     band = SeedNoise(SEEDS).band([frame(run())], scale=2.0)
     assert band.width == pytest.approx(0.10) and band.spread == pytest.approx(0.05)
-    assert "x2 for this statistic" in band.text()
+    assert band.text().startswith("0.100 = 2 x the spread between seeds of mAP, 0.050")
 
 
 def test_size_bins_have_their_own_spreads():
     band = SeedNoise(SEEDS).band([frame(run())], ["bin 0-5"])
-    assert band.spread == pytest.approx(0.06)
+    assert band.spread == pytest.approx(0.06) and band.metric == "bin 0-5"
+    assert band.text().startswith("the spread between seeds of the 0-5 % bin's mAP, 0.060")
 
 
 def test_no_band_without_several_seeds():
     assert SeedNoise(None).band([frame(run())]) is None
     assert not SeedNoise(frame(run(), run(augment="none"))).measured
     assert SeedNoise(SEEDS).measured
+
+
+def test_pretrained_and_scratch_runs_are_not_seeds_of_one_setting():
+    pretrained = frame(*[{**run(seed=s, mAP=v), "pretrained": "mobilenet.pth"} for s, v in enumerate((0.7, 0.9))])
+    scratch = frame({**run(), "pretrained": "scratch"})
+    band = SeedNoise(pretrained).band([scratch])
+    assert band.stand_in  # the pretrained setting's spread is not the scratch run's own
 
 
 def test_runs_differing_in_their_default_boxes_are_not_seeds_of_one_setting():
