@@ -178,6 +178,27 @@ def experiment_frame(profile: str, experiment: str, results: Path | None = None)
     return load_runs(profile, ids, results=results)
 
 
+def missing_note(profile: str, experiment: str | None = None, results: Path | None = None) -> str:
+    """A Markdown note naming the runs of ``experiment`` that are not finished in the
+    profile's results (each with its label and id), which the chapter's figures and
+    verdicts leave out; with no experiment, a count over the profile's whole plan (for
+    the conclusions). Empty when every run is there."""
+    prof = read_profile(profile)
+    names = [experiment] if experiment else prof.study.experiments
+    runs = {cfg.run_id: cfg for name in names for cfg in read_experiment(name, prof).runs}
+    root = (results or RESULTS) / profile / "runs"
+    missing = [(run_id, cfg) for run_id, cfg in runs.items() if not RunPaths(root / run_id).complete()]
+    if not missing:
+        return ""
+    verb = "is" if len(missing) == 1 else "are"
+    if experiment is None:
+        return (f":::{{important}}\n{len(missing)} of the profile's {len(runs)} runs {verb} not computed yet; the "
+                "verdicts rest on the others, and each chapter names the runs it lacks.\n:::")
+    lines = "\n".join(f"- {run_label(cfg.to_dict())}, {cfg.train.epochs} epochs (`{run_id}`)" for run_id, cfg in missing)
+    return (f":::{{important}}\n{len(missing)} of this chapter's {len(runs)} runs {verb} not computed yet; its "
+            f"figures, tables and verdicts leave them out:\n\n{lines}\n:::")
+
+
 def seed_noise(profile: str, results: Path | None = None):
     """The spreads between seeds of a profile's seeds experiment
     (:class:`ssdstudy.seednoise.SeedNoise`; empty when the profile has no seeds
