@@ -46,3 +46,20 @@ def test_a_gain_within_the_spread_between_seeds_is_too_close_to_call(runs):
     assert verdict == f"too close to call: within the spread between seeds ({gain + 0.01:.3f})"
     narrow = tiling.tiling_table(runs, resamples=200, seeds=seeds_of(own, gain / 4)).set_index("default boxes")
     assert narrow.loc["scales 0.1-0.9", "vs own: verdict"] == "better"
+
+
+def test_the_findings_name_each_change_and_its_gain_on_small_objects(runs):
+    table = tiling.tiling_table(runs, resamples=200)
+    table["prediction ms"] = [30.0, 36.0]
+    table["prediction ms IQR"] = [1.0, 1.0]
+    text = tiling.findings(table)
+    assert text.startswith("Against the own default boxes (3,000 boxes, VOC07 mAP")
+    change = next(line for line in text.splitlines() if line.startswith("- **scales 0.1-0.9**"))
+    assert "(3,000 boxes, +0%)" in change and "better" in change and "prediction 36 ms against 30 ms (+20%)" in change
+    assert "objects of 5-10 %: no test images" in change  # the generated case has no 5-10 % objects
+    assert text.endswith("A gain on small objects beyond the noise: scales 0.1-0.9 (0-5 %).")
+    table["prediction ms"] = [30.0, 30.5]
+    assert "prediction 30.5 ms against 30 ms (within the timings' spread)" in tiling.findings(table)
+    close = tiling.tiling_table(runs, resamples=200, seeds=seeds_of(runs.iloc[0], 1.0))
+    assert "None of the changes computed so far settles a gain" in tiling.findings(close)
+    assert tiling.findings(close[close["default boxes"] != "own"]) == ""
