@@ -1,12 +1,13 @@
-"""The book's figures and tables, drawn from the frames of :mod:`ssdstudy.results`.
+"""The book's figures, drawn from the frames of :mod:`ssdstudy.results`.
 
 Every function takes plain data (a pandas DataFrame with the columns of
 :func:`ssdstudy.results.load_runs` or :func:`ssdstudy.results.load_hardware`, or numpy
-images) and returns a :class:`matplotlib.figure.Figure` (or a DataFrame for tables). No
-function reads or writes files or touches pyplot's global figure list: figures are
-made with :class:`~matplotlib.figure.Figure` directly and styled inside a temporary
-``rc_context``, so a notebook shows each figure once (``%matplotlib inline`` renders a
-figure that a cell returns) and tests can make hundreds without leaking memory.
+images) and returns a :class:`matplotlib.figure.Figure`; the tables and the names runs
+go by are :mod:`ssdstudy.tables`'. No function reads or writes files or touches
+pyplot's global figure list: figures are made with :class:`~matplotlib.figure.Figure`
+directly and styled inside a temporary ``rc_context``, so a notebook shows each figure
+once (``%matplotlib inline`` renders a figure that a cell returns) and tests can make
+hundreds without leaking memory.
 
 One visual language throughout: colour names the backbone, the marker (or the bar's
 hatch) names the augmentation setting, and widths of MobileNetV1 are written beside
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -31,43 +32,45 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from ssdstudy.tables import (
+    backbone_label,
+    backbone_rank,
+    cell,
+    device_label,
+    family_label,
+    has_memory,
+    mining_order,
+    mining_table,
+    mining_text,
+    nms_stages,
+    prior_maps,
+    require,
+    short_label,
+    split_label,
+    width_text,
+)
+
 __all__ = [
-    "BACKBONE_LABELS",
-    "PriorMap",
-    "ap_table",
     "augment_marker",
     "augmentation_ablation",
     "augmentation_grid",
     "backbone_color",
-    "backbone_label",
     "detection_grid",
     "device_times",
     "draw_detections",
     "draw_priors",
-    "family_label",
-    "has_memory",
     "map_vs_memory",
     "map_vs_prediction_time",
-    "memory_table",
     "mining_figure",
-    "mining_table",
     "nms_split",
-    "nms_table",
-    "prior_layout",
-    "prior_table",
     "seed_spread_figure",
-    "short_label",
     "size_bins",
-    "timing_table",
     "to_uint8_image",
     "training_curves",
 ]
 
 # --- the visual language ---------------------------------------------------------------
 
-BACKBONE_LABELS: dict[str, str] = {
-    "vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1", "squeezenet": "SqueezeNet 1.1",
-}
 _PALETTE = sns.color_palette("colorblind", 10).as_hex()
 _BACKBONE_COLORS: dict[str, str] = {
     "vgg16": _PALETTE[3], "vgg16_bn": _PALETTE[3], "mobilenet_v1": _PALETTE[0], "squeezenet": _PALETTE[2],
@@ -117,21 +120,6 @@ def _figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **k
     return fig, axes
 
 
-def backbone_label(name: str) -> str:
-    """``"mobilenet_v1"`` -> ``"MobileNetV1"``; unknown names are returned as they are."""
-    return BACKBONE_LABELS.get(name, str(name))
-
-
-def family_label(df: pd.DataFrame, family: str) -> str:
-    """The label of a study backbone in ``df``, naming the exact backbones its rows used
-    (column ``variant``): "VGG16-BN" where VGG16 with BatchNorm stood for VGG16."""
-    if "variant" in df.columns and "backbone" in df.columns:
-        variants = sorted({str(v) for v in df.loc[df["backbone"] == family, "variant"].dropna()})
-        if variants:
-            return " / ".join(backbone_label(v) for v in variants)
-    return backbone_label(family)
-
-
 def backbone_color(name: str) -> str:
     """The colour of a backbone (a stable colour for names the study does not know)."""
     if name in _BACKBONE_COLORS:
@@ -150,53 +138,6 @@ def _augment_rank(setting: str) -> tuple[int, str]:
     return (AUGMENT_ORDER.index(setting) if setting in AUGMENT_ORDER else len(AUGMENT_ORDER), str(setting))
 
 
-def _backbone_rank(name: str) -> tuple[int, str]:
-    order = list(BACKBONE_LABELS)
-    return (order.index(name) if name in order else len(order), str(name))
-
-
-def _get(row: Mapping[str, Any] | pd.Series, key: str, default: Any = None) -> Any:
-    value = row.get(key, default)
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return default
-    return value
-
-
-def _width_text(width: Any) -> str:
-    try:
-        w = float(width)
-    except (TypeError, ValueError):
-        return ""
-    return "" if np.isnan(w) or w == 1.0 else f" x{w:g}"
-
-
-def short_label(row: Mapping[str, Any] | pd.Series) -> str:
-    """A compact label of a run: ``"MobileNetV1 x0.5, no aug, no mining"``.
-
-    Uses the columns ``backbone``, ``width``, ``augment`` and ``mining`` when present
-    (the baseline settings, augmentation "all" and mining "3:1", are not written);
-    falls back on ``label``.
-    """
-    backbone = _get(row, "variant") or _get(row, "backbone")  # the exact backbone: VGG16-BN, not VGG16
-    if backbone is None:
-        return str(_get(row, "label", "run"))
-    parts = [backbone_label(backbone) + _width_text(_get(row, "width", 1.0))]
-    augment = _get(row, "augment", "all")
-    if augment == "none":
-        parts.append("no aug")
-    elif augment != "all":
-        parts.append(str(augment))
-    mining = _get(row, "mining", "3:1")
-    if mining == "none":
-        parts.append("no mining")
-    elif mining != "3:1":
-        parts.append(f"mining {mining}")
-    tiling = _get(row, "tiling", "own")
-    if tiling not in ("own", None) and not pd.isna(tiling):
-        parts.append(f"boxes {tiling}")
-    return ", ".join(parts)
-
-
 def _fmt(value: float) -> str:
     """A time for a bar label: ``1,234``, ``56.7``, ``8.9``, ``0.12``."""
     if abs(value) >= 100:
@@ -210,12 +151,6 @@ def _empty(ax: Axes, message: str) -> None:
     ax.set_yticks([])
 
 
-def _require(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing and len(df):
-        raise KeyError(f"{where}: the frame lacks column(s) {', '.join(missing)}")
-
-
 def _lighten(color: str, amount: float) -> tuple[float, float, float]:
     """Mix ``color`` with white (amount 0: unchanged, 1: white)."""
     r, g, b = mpl.colors.to_rgb(color)
@@ -227,7 +162,7 @@ def _series_colors(df: pd.DataFrame) -> list[tuple[float, float, float]]:
     seen: dict[str, int] = {}
     colors = []
     for _, row in df.iterrows():
-        b = _get(row, "backbone", "")
+        b = cell(row, "backbone", "")
         k = seen.get(b, 0)
         seen[b] = k + 1
         colors.append(_lighten(backbone_color(b), min(0.6, 0.22 * k)))
@@ -261,7 +196,7 @@ def map_vs_prediction_time(
         df: rows of :func:`ssdstudy.results.load_runs` (columns ``backbone``, ``width``,
             ``augment``, ``mining``, ``x`` and ``y``).
     """
-    _require(df, ["backbone", x, y], "map_vs_prediction_time")
+    require(df, ["backbone", x, y], "map_vs_prediction_time")
     with _style():
         fig, axes = _figure(figsize=(7.0, 4.6))
         ax = axes[0, 0]
@@ -311,7 +246,7 @@ def _accuracy_points(ax: Axes, data: pd.DataFrame, x: str, y: str) -> pd.DataFra
 
 def _accuracy_handles(data: pd.DataFrame) -> tuple[list[Patch], list[Line2D]]:
     """Legend entries of the backbones (colour) and augmentation settings (marker) in ``data``."""
-    backbones = sorted(data["backbone"].unique(), key=_backbone_rank)
+    backbones = sorted(data["backbone"].unique(), key=backbone_rank)
     augments = sorted(data["augment"].unique(), key=_augment_rank)
     return ([Patch(color=backbone_color(b), label=family_label(data, b)) for b in backbones],
             [Line2D([], [], ls="", marker=augment_marker(a), color="0.35", label=str(a)) for a in augments])
@@ -336,12 +271,6 @@ _MEMORY_PANELS = (
 NO_MEMORY = "no memory measured for these runs (timed before it was, or with timing.memory off)"
 
 
-def has_memory(df: pd.DataFrame) -> bool:
-    """Whether any row of ``df`` holds a measured peak memory."""
-    cols = [c for c, _ in _MEMORY_PANELS if c in df.columns]
-    return bool(len(df) and cols and df[cols].notna().any().any())
-
-
 def map_vs_memory(df: pd.DataFrame, *, y: str = "voc07_map", title: str | None = None) -> Figure:
     """mAP against peak memory, one point per run: a training step at the run's batch
     size (left) and a prediction at batch 1 (right), each measured in a fresh process
@@ -359,7 +288,7 @@ def map_vs_memory(df: pd.DataFrame, *, y: str = "voc07_map", title: str | None =
         df: rows of :func:`ssdstudy.results.load_runs` (columns ``backbone``, ``y`` and,
             for the points, ``train_peak_mb`` and ``predict_peak_mb``).
     """
-    _require(df, ["backbone", y], "map_vs_memory")
+    require(df, ["backbone", y], "map_vs_memory")
     with _style():
         fig, axes = _figure(1, 2, figsize=(10.0, 4.4), sharey=True)
         if not len(df):
@@ -391,53 +320,7 @@ def map_vs_memory(df: pd.DataFrame, *, y: str = "voc07_map", title: str | None =
     return fig
 
 
-def memory_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run with memory figures (MB): the peaks of a training step and of a
-    prediction, the parameters, the optimiser's state, each step's working memory and
-    the processes' baseline (interpreter and libraries), beside the run's mAP. Empty
-    when no run has them."""
-    if not has_memory(df):
-        return pd.DataFrame()
-    columns = {
-        "voc07_map": "mAP (VOC07)", "train_peak_mb": "train peak", "predict_peak_mb": "predict peak",
-        "params_mb": "parameters", "optimizer_mb": "optimiser state", "activations_mb": "train working",
-        "predict_activations_mb": "predict working", "memory_baseline_mb": "baseline",
-    }
-    rows = df[df[[c for c, _ in _MEMORY_PANELS if c in df.columns]].notna().any(axis=1)]
-    out = pd.DataFrame({"run": [short_label(r) for _, r in rows.iterrows()]})
-    for col, text in columns.items():
-        out[text] = rows[col].to_numpy() if col in rows.columns else np.nan
-    return out.set_index("run")
-
-
-def hardware_memory_table(hw: pd.DataFrame) -> pd.DataFrame:
-    """One row per model, device and machine measured (hardware files and the study's
-    runs): the memory figures of :func:`memory_table` (MB), without mAP. Memory does not
-    depend on the weights, so a model timed with random weights stands for its trained
-    runs. Empty when nothing has them."""
-    if not has_memory(hw):
-        return pd.DataFrame()
-    columns = {
-        "train_peak_mb": "train peak", "predict_peak_mb": "predict peak", "params_mb": "parameters",
-        "optimizer_mb": "optimiser state", "activations_mb": "train working",
-        "predict_activations_mb": "predict working", "memory_baseline_mb": "baseline",
-    }
-    rows = hw[hw[[c for c, _ in _MEMORY_PANELS if c in hw.columns]].notna().any(axis=1)]
-    rows = rows.assign(model=[short_label(r) for _, r in rows.iterrows()])
-    keep = ["model", "device", "machine", *[c for c in columns if c in rows.columns]]
-    out = rows[keep].drop_duplicates(subset=["model", "device", "machine"]).rename(columns=columns)
-    return out.set_index(["model", "device", "machine"])
-
-
 # --- figs. 10-12: devices ------------------------------------------------------------------
-
-
-def _device_label(row: Mapping[str, Any] | pd.Series) -> str:
-    name = str(_get(row, "device_name", "") or _get(row, "device", "device"))
-    threads = _get(row, "threads")
-    if _get(row, "device") == "cpu" and threads is not None:
-        name += f" ({int(threads)} threads)"
-    return name
 
 
 def device_times(hw_df: pd.DataFrame, metric: str = "prediction_ms", *, log: bool | None = None) -> Figure:
@@ -457,12 +340,12 @@ def device_times(hw_df: pd.DataFrame, metric: str = "prediction_ms", *, log: boo
     """
     if metric not in _METRIC_LABELS:
         raise ValueError(f"device_times: unknown metric {metric!r} (use {', '.join(_METRIC_LABELS)})")
-    _require(hw_df, ["backbone", metric], "device_times")
+    require(hw_df, ["backbone", metric], "device_times")
     data = hw_df.dropna(subset=[metric]) if len(hw_df) else hw_df
     n_devices, n_series = 1, 1
     if not data.empty:
         data = data.copy()
-        data["_device"] = [_device_label(r) for _, r in data.iterrows()]
+        data["_device"] = [device_label(r) for _, r in data.iterrows()]
         if "machine" in data.columns:
             # one device of two machines (the study machine and this one, say): two groups
             machine = data["machine"].fillna("?").astype(str)
@@ -470,8 +353,8 @@ def device_times(hw_df: pd.DataFrame, metric: str = "prediction_ms", *, log: boo
             data["_device"] = [f"{d} [{m}]" if two else d for d, m, two in zip(data["_device"], machine, shared)]
         flag = "train_busy" if metric == "epoch_seconds" else "busy"
         data["_busy"] = data[flag].fillna(False).astype(bool) if flag in data.columns else False
-        data["_gpu"] = [0 if _get(r, "device", "cpu") == "cpu" else 1 for _, r in data.iterrows()]
-        data["_series"] = [backbone_label(_get(r, "variant") or r["backbone"]) + _width_text(_get(r, "width", 1.0)) for _, r in data.iterrows()]
+        data["_gpu"] = [0 if cell(r, "device", "cpu") == "cpu" else 1 for _, r in data.iterrows()]
+        data["_series"] = [backbone_label(cell(r, "variant") or r["backbone"]) + width_text(cell(r, "width", 1.0)) for _, r in data.iterrows()]
         n_devices, n_series = data["_device"].nunique(), data["_series"].nunique()
     with _style():
         fig, axes = _figure(figsize=(7.0, 1.0 + 0.3 * n_devices * (n_series + 0.5)))
@@ -482,7 +365,7 @@ def device_times(hw_df: pd.DataFrame, metric: str = "prediction_ms", *, log: boo
         devices = (
             data.groupby("_device")["_gpu"].first().reset_index().sort_values(["_gpu", "_device"])["_device"].tolist()
         )
-        series_rows = data.drop_duplicates("_series").assign(_rank=lambda d: [_backbone_rank(b) for b in d["backbone"]])
+        series_rows = data.drop_duplicates("_series").assign(_rank=lambda d: [backbone_rank(b) for b in d["backbone"]])
         series_rows = series_rows.sort_values(["_rank", "width"] if "width" in series_rows else ["_rank"])
         series = series_rows["_series"].tolist()
         table = data.pivot_table(index="_device", columns="_series", values=metric, aggfunc="mean")
@@ -548,7 +431,7 @@ def size_bins(df: pd.DataFrame) -> Figure:
                 if pd.isna(value):
                     continue
                 ax.bar(i - 0.4 + width * (j + 0.5), value, width=width * 0.92, color=colors[j],
-                       hatch=_hatch(_get(row, "augment", "all")), edgecolor="white", linewidth=0.4)
+                       hatch=_hatch(cell(row, "augment", "all")), edgecolor="white", linewidth=0.4)
         ticks = []
         for col in bins:
             name = col[4:]
@@ -564,7 +447,7 @@ def size_bins(df: pd.DataFrame) -> Figure:
         ax.set_xlabel("object area / image area (all objects of an image in the bin)")
         ax.set_ylabel(MAP_LABEL)
         ax.set_ylim(0, max(1e-3, float(np.nanmax(rows[bins].to_numpy(dtype=float)) if rows[bins].notna().any().any() else 1.0)) * 1.12)
-        handles = [Patch(facecolor=c, hatch=_hatch(_get(r, "augment", "all")), edgecolor="white", label=lab)
+        handles = [Patch(facecolor=c, hatch=_hatch(cell(r, "augment", "all")), edgecolor="white", label=lab)
                    for c, lab, (_, r) in zip(colors, labels, rows.iterrows())]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
@@ -591,7 +474,7 @@ def runtime_tradeoff(df: pd.DataFrame) -> Figure:
             ax.set_ylabel(MAP_LABEL if scored else "runtime")
             if not scored:
                 ax.set_yticks(range(len(rows)), list(rows["runtime"]))
-            ax.set_title(f"{backbone_label(variant)}{_width_text(width)}\n{machine}", fontsize=9)
+            ax.set_title(f"{backbone_label(variant)}{width_text(width)}\n{machine}", fontsize=9)
         axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
@@ -634,37 +517,6 @@ def receptive_fields(fields: pd.DataFrame) -> Figure:
 # --- table 1: hard-negative mining -------------------------------------------------------------
 
 
-def _mining_order(values: Sequence[str]) -> list[str]:
-    return sorted(set(values), key=lambda m: (m == "none", str(m)))
-
-
-def _mining_text(m: str) -> str:
-    return "no mining" if m == "none" else f"mining {m}"
-
-
-def mining_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The study's table 1: mAP and prediction time with and without mining, per backbone.
-
-    Returns a frame indexed by backbone (display names, VGG16 first) with the columns
-    ``"mAP, mining 3:1"``, ``"mAP, no mining"``, ``"prediction ms, mining 3:1"``,
-    ``"prediction ms, no mining"`` (one pair per mining setting present; rows of one
-    backbone and setting averaged). Empty when ``df`` is.
-    """
-    if df.empty:
-        return pd.DataFrame()
-    _require(df, ["backbone", "mining", "voc07_map", "prediction_ms"], "mining_table")
-    settings = _mining_order(df["mining"].astype(str).tolist())
-    backbones = sorted(df["backbone"].unique(), key=_backbone_rank)
-    means = df.groupby(["backbone", "mining"])[["voc07_map", "prediction_ms"]].mean()
-    out = pd.DataFrame(index=pd.Index([family_label(df, b) for b in backbones], name="backbone"))
-    for metric, text in (("voc07_map", "mAP"), ("prediction_ms", "prediction ms")):
-        for m in settings:
-            out[f"{text}, {_mining_text(m)}"] = [
-                means.at[(b, m), metric] if (b, m) in means.index else np.nan for b in backbones
-            ]
-    return out
-
-
 def mining_figure(df: pd.DataFrame) -> Figure:
     """Two panels, mAP and prediction time, bars per backbone with and without mining.
 
@@ -677,12 +529,12 @@ def mining_figure(df: pd.DataFrame) -> Figure:
             for ax in axes[0]:
                 _empty(ax, "no finished runs")
             return fig
-        settings = _mining_order(df["mining"].astype(str).tolist())
-        backbones = sorted(df["backbone"].unique(), key=_backbone_rank)
+        settings = mining_order(df["mining"].astype(str).tolist())
+        backbones = sorted(df["backbone"].unique(), key=backbone_rank)
         width = 0.8 / len(settings)
         for ax, (metric, ylabel) in zip(axes[0], (("mAP", MAP_LABEL), ("prediction ms", "prediction time per image (ms)"))):
             for j, m in enumerate(settings):
-                col = f"{metric}, {_mining_text(m)}"
+                col = f"{metric}, {mining_text(m)}"
                 for i, b in enumerate(backbones):
                     value = table.at[family_label(df, b), col]
                     if pd.isna(value):
@@ -696,7 +548,7 @@ def mining_figure(df: pd.DataFrame) -> Figure:
             ax.set_ylabel(ylabel)
             ax.margins(y=0.15)
         axes[0, 1].legend(
-            handles=[Patch(facecolor="0.6", hatch="//" if m == "none" else "", edgecolor="white", label=_mining_text(m))
+            handles=[Patch(facecolor="0.6", hatch="//" if m == "none" else "", edgecolor="white", label=mining_text(m))
                      for m in settings], loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
@@ -704,59 +556,7 @@ def mining_figure(df: pd.DataFrame) -> Figure:
 # --- the NMS bottleneck -----------------------------------------------------------------------
 
 
-def _nms_stages(row: Mapping[str, Any] | pd.Series) -> dict[str, dict[str, float]]:
-    """Stage times (ms) of the two post-processing paths of one run.
-
-    The vectorised path: ``forward_ms`` then ``decode_ms`` and ``nms_ms`` when the frame
-    has them, else ``postprocess_ms``. The reference loop: ``forward_ms`` then
-    ``reference_decode_ms`` and ``reference_nms_ms``, else ``reference_postprocess_ms``,
-    else ``reference_prediction_ms - forward_ms`` (medians of separate measurements, so
-    a difference of medians; clipped at 0).
-    """
-    forward = _get(row, "forward_ms", _get(row, "inference_ms"))
-    out: dict[str, dict[str, float]] = {}
-    if forward is None:
-        return out
-    if _get(row, "decode_ms") is not None and _get(row, "nms_ms") is not None:
-        out["vectorised"] = {"forward": forward, "decoding": row["decode_ms"], "NMS": row["nms_ms"]}
-    elif _get(row, "postprocess_ms") is not None:
-        out["vectorised"] = {"forward": forward, "post-processing": row["postprocess_ms"]}
-    if _get(row, "reference_decode_ms") is not None and _get(row, "reference_nms_ms") is not None:
-        out["reference loop"] = {"forward": forward, "decoding": row["reference_decode_ms"],
-                                 "NMS": row["reference_nms_ms"]}
-    elif _get(row, "reference_postprocess_ms") is not None:
-        out["reference loop"] = {"forward": forward, "post-processing": row["reference_postprocess_ms"]}
-    elif _get(row, "reference_prediction_ms") is not None:
-        out["reference loop"] = {"forward": forward,
-                                 "post-processing": max(0.0, row["reference_prediction_ms"] - forward)}
-    return out
-
-
 _STAGE_COLORS = {"decoding": "0.72", "NMS": "0.35", "post-processing": "0.5"}
-
-
-def _split_label(row: Mapping[str, Any] | pd.Series) -> str:
-    """A run's short label; for a hardware row (column ``machine``) its device and machine too."""
-    machine = _get(row, "machine")
-    return short_label(row) + (f", {_device_label(row)} [{machine}]" if machine else "")
-
-
-def nms_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per run and path: the stage times (ms), their total and the share after the forward pass.
-
-    Columns: ``run``, ``path`` ("vectorised", "reference loop"), ``forward``, the
-    post-processing stages present (``decoding`` and ``NMS``, or ``post-processing``),
-    ``total``, ``post-processing share`` (fraction of the total spent after the forward
-    pass).
-    """
-    records = []
-    for _, row in df.iterrows():
-        for path, stages in _nms_stages(row).items():
-            total = float(sum(stages.values()))
-            rec: dict[str, Any] = {"run": _split_label(row), "path": path, **stages, "total": total}
-            rec["post-processing share"] = (total - stages["forward"]) / total if total > 0 else np.nan
-            records.append(rec)
-    return pd.DataFrame(records)
 
 
 def nms_split(df: pd.DataFrame) -> Figure:
@@ -767,7 +567,7 @@ def nms_split(df: pd.DataFrame) -> Figure:
     is written at the end of each bar. Columns read: see :func:`nms_table`.
     """
     with _style():
-        rows = [(r, _nms_stages(r)) for _, r in df.iterrows()] if len(df) else []
+        rows = [(r, nms_stages(r)) for _, r in df.iterrows()] if len(df) else []
         bars = [(r, path, stages) for r, paths in rows for path, stages in paths.items()]
         fig, axes = _figure(figsize=(7.5, 1.0 + 0.45 * max(1, len(bars))))
         ax = axes[0, 0]
@@ -784,7 +584,7 @@ def nms_split(df: pd.DataFrame) -> Figure:
                 used.setdefault(stage if stage != "forward" else "forward pass", color if stage != "forward" else "0.85")
                 left += ms
             ax.annotate(f"{_fmt(left)} ms", (left, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
-        ax.set_yticks(range(len(bars)), [f"{_split_label(r)}: {p}" for r, p, _ in bars])
+        ax.set_yticks(range(len(bars)), [f"{split_label(r)}: {p}" for r, p, _ in bars])
         ax.invert_yaxis()
         ax.set_xlabel("time per image (ms, medians, batch 1)")
         ax.margins(x=0.12)
@@ -805,7 +605,7 @@ def augmentation_ablation(df: pd.DataFrame) -> Figure:
     labelled with its mAP and its difference from "all" of the same backbone, which is
     also drawn as a dashed line.
     """
-    _require(df, ["backbone", "augment", "voc07_map"], "augmentation_ablation")
+    require(df, ["backbone", "augment", "voc07_map"], "augmentation_ablation")
     data = df.dropna(subset=["voc07_map"]) if len(df) else df
     with _style():
         n = 1 if data.empty else len(data.groupby(["backbone", "augment"]))
@@ -815,7 +615,7 @@ def augmentation_ablation(df: pd.DataFrame) -> Figure:
             _empty(ax, "no finished runs to plot")
             return fig
         means = data.groupby(["backbone", "augment"])["voc07_map"].mean()
-        backbones = sorted(data["backbone"].unique(), key=_backbone_rank)
+        backbones = sorted(data["backbone"].unique(), key=backbone_rank)
         settings = sorted(data["augment"].unique(), key=_augment_rank)
         y = 0
         ticks, labels = [], []
@@ -986,92 +786,6 @@ def detection_grid(
     return fig
 
 
-class PriorMap(NamedTuple):
-    """One feature map's share of the priors: a ``size x size`` grid of cells,
-    ``boxes_per_cell`` consecutive priors per cell, the first at index ``start``."""
-
-    size: int
-    boxes_per_cell: int
-    start: int
-
-    @property
-    def count(self) -> int:
-        return self.size * self.size * self.boxes_per_cell
-
-
-def prior_layout(priors_cxcywh: np.ndarray) -> list[PriorMap]:
-    """Recover the feature maps from priors laid out map by map, cell by cell (rows
-    outer), the boxes of a cell consecutive (the layout of :mod:`ssdstudy.model.priors`
-    and of the original code base).
-
-    A cell is a run of priors with the same centre; a new map starts where the number
-    of boxes per cell changes or the centre moves back up or left to a new row start
-    that is not below the previous one. Consecutive 1x1 maps share their centre and
-    cannot be told apart (small inputs give several): pass the model's
-    ``zip(model.feature_map_sizes, model.boxes_per_cell)`` as ``layout`` instead.
-
-    Raises:
-        ValueError: when the priors do not form square maps in that layout.
-    """
-    p = np.asarray(priors_cxcywh, dtype=np.float64).reshape(-1, 4)
-    if not len(p):
-        return []
-    centres = p[:, :2]
-    change = np.any(np.abs(np.diff(centres, axis=0)) > 1e-9, axis=1)
-    starts = np.concatenate([[0], np.nonzero(change)[0] + 1])
-    counts = np.diff(np.concatenate([starts, [len(p)]]))
-    maps: list[list[int]] = []  # per map: list of cell indices into starts
-    for c in range(len(starts)):
-        if not maps:
-            maps.append([c])
-            continue
-        prev = maps[-1][-1]
-        (px, py), (x, y) = centres[starts[prev]], centres[starts[c]]
-        same_row = abs(y - py) <= 1e-9 and x > px
-        next_row = y > py + 1e-9 and x <= centres[starts[maps[-1][0]]][0] + 1e-9
-        if counts[c] == counts[prev] and (same_row or next_row):
-            maps[-1].append(c)
-        else:
-            maps.append([c])
-    out = []
-    for cells in maps:
-        side = round(np.sqrt(len(cells)))
-        if side * side != len(cells):
-            raise ValueError(f"prior_layout: a map of {len(cells)} cells is not square; pass layout explicitly")
-        out.append(PriorMap(side, int(counts[cells[0]]), int(starts[cells[0]])))
-    return out
-
-
-def prior_table(priors_cxcywh: np.ndarray, layout: Sequence[tuple[int, int]] | None = None) -> pd.DataFrame:
-    """One row per feature map: its grid, boxes per cell, number of default boxes, and
-    the smallest and largest box side (``sqrt(w * h)``, in % of the input side).
-
-    ``layout`` as in :func:`draw_priors` (inferred when None).
-    """
-    p = np.asarray(priors_cxcywh, dtype=np.float64).reshape(-1, 4)
-    maps = _maps(p, layout)
-    rows = []
-    for m in maps:
-        block = p[m.start:m.start + m.count]
-        side = np.sqrt(block[:, 2] * block[:, 3]) * 100
-        rows.append({"feature map": f"{m.size}x{m.size}", "boxes per cell": m.boxes_per_cell,
-                     "default boxes": m.count, "smallest box (%)": round(float(side.min()), 1),
-                     "largest box (%)": round(float(side.max()), 1)})
-    return pd.DataFrame(rows)
-
-
-def _maps(p: np.ndarray, layout: Sequence[tuple[int, int]] | None) -> list[PriorMap]:
-    if layout is None:
-        return prior_layout(p)
-    maps, start = [], 0
-    for size, per_cell in layout:
-        maps.append(PriorMap(int(size), int(per_cell), start))
-        start += int(size) * int(size) * int(per_cell)
-    if start != len(p):
-        raise ValueError(f"layout covers {start} priors, got {len(p)}")
-    return maps
-
-
 def draw_priors(
     image: np.ndarray | None,
     priors_cxcywh: np.ndarray,
@@ -1094,7 +808,7 @@ def draw_priors(
         points: (x, y) points relative to the image; the cell holding each is drawn.
     """
     p = np.asarray(priors_cxcywh, dtype=np.float64).reshape(-1, 4)
-    maps = _maps(p, layout)
+    maps = prior_maps(p, layout)
     canvas = np.full((300, 300, 3), 200, np.uint8) if image is None else _as_image(image)
     h, w = canvas.shape[:2]
     n = max(1, len(maps))
@@ -1180,38 +894,6 @@ def augmentation_grid(
 
 
 # --- tables of one run -----------------------------------------------------------------------
-
-
-def ap_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
-    """Per-class AP of one run's ``metrics.json``: index class, columns ``"AP (VOC07)"``
-    and ``"AP (VOC10+)"``, sorted by VOC07 AP (best first)."""
-    per_class = metrics.get("ap_per_class") or {}
-    frame = pd.DataFrame(
-        {"AP (VOC07)": [v.get("voc07", np.nan) for v in per_class.values()],
-         "AP (VOC10+)": [v.get("voc", np.nan) for v in per_class.values()]},
-        index=pd.Index(list(per_class), name="class"),
-    )
-    return frame.sort_values("AP (VOC07)", ascending=False)
-
-
-def timing_table(timing: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per timed device of one run's ``timing.json``: medians and IQRs (ms) of
-    inference, prediction and reference prediction, throughput, memory."""
-    rows = []
-    for key, t in timing.items():
-        row: dict[str, Any] = {"device": key, "name": t.get("device_name", ""), "threads": t.get("threads")}
-        for metric, text in (("inference_ms", "inference"), ("prediction_ms", "prediction"),
-                             ("reference_prediction_ms", "reference prediction")):
-            s = t.get(metric) or {}
-            row[f"{text} ms"] = s.get("median", np.nan)
-            row[f"{text} IQR"] = s.get("iqr", np.nan)
-        row["images/s (batched)"] = t.get("throughput_images_per_s", np.nan)
-        row["peak memory MB"] = t.get("peak_memory_mb", np.nan)
-        memory = t.get("memory") or {}
-        row["train step peak MB"] = np.nan if memory.get("train_peak_mb") is None else memory["train_peak_mb"]
-        row["prediction peak MB"] = np.nan if memory.get("predict_peak_mb") is None else memory["predict_peak_mb"]
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("device") if rows else pd.DataFrame()
 
 
 # --- seeds: the spread between training runs -----------------------------------------

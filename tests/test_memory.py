@@ -19,7 +19,7 @@ import pytest
 import torch
 from matplotlib.collections import PathCollection
 
-from ssdstudy import memory, plots, timing
+from ssdstudy import memory, plots, tables, timing
 from ssdstudy.config import ModelConfig
 from ssdstudy.results import memory_columns, timing_columns
 
@@ -143,7 +143,7 @@ def test_map_vs_memory_draws_two_panels_one_point_per_run():
     assert sorted(points(right)[:, 0]) == sorted(df["predict_peak_mb"])
     assert "MobileNetV1 x0.25" in [t.get_text() for t in left.texts]
     fig.savefig(io.BytesIO(), format="png")
-    table = plots.memory_table(df)
+    table = tables.memory_table(df)
     assert len(table) == 4 and table.loc["VGG16", "train peak"] == 3900.0
 
 
@@ -155,11 +155,11 @@ def test_map_vs_memory_without_memory_says_so(df):
     said = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
     assert ("no memory measured" in said) if len(df) else ("no finished runs" in said)
     fig.savefig(io.BytesIO(), format="png")
-    assert not plots.has_memory(df) and plots.memory_table(df).empty
+    assert not tables.has_memory(df) and tables.memory_table(df).empty
 
 
 def test_run_timing_table_shows_the_memory_peaks(tiny):
-    t = plots.timing_table({"cpu": {"inference_ms": {"median": 1.0}, "memory": tiny}, "cuda": {}})
+    t = tables.timing_table({"cpu": {"inference_ms": {"median": 1.0}, "memory": tiny}, "cuda": {}})
     assert t.loc["cpu", "train step peak MB"] == tiny["train_peak_mb"]
     assert np.isnan(t.loc["cuda", "prediction peak MB"])
 
@@ -172,8 +172,8 @@ def test_the_hardware_chapter_tables_every_models_memory_once_per_device_and_mac
     hw = pd.concat([hw.assign(threads=1), hw.assign(threads=2)], ignore_index=True)
     hw = hw.assign(device="cpu", machine="xeon")
     none = runs(False).assign(device="cuda", machine="gpu box", threads=None)
-    table = plots.hardware_memory_table(pd.concat([hw, none], ignore_index=True))
+    table = tables.hardware_memory_table(pd.concat([hw, none], ignore_index=True))
     assert len(table) == 4
     assert table.loc[("VGG16", "cpu", "xeon"), "train peak"] == 3900.0
     assert table.loc[("MobileNetV1 x0.25", "cpu", "xeon"), "predict peak"] == 950.0
-    assert plots.hardware_memory_table(runs(False).assign(device="cpu", machine="x")).empty
+    assert tables.hardware_memory_table(runs(False).assign(device="cpu", machine="x")).empty

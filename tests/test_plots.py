@@ -16,7 +16,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ssdstudy import plots
+from ssdstudy import plots, tables
 
 BINS = ("0-5", "5-10", "10-20", "20-40", "40-60", "60-80", "80-100")
 
@@ -60,10 +60,10 @@ def renders(fig: Figure) -> None:
 
 
 def test_short_label():
-    assert plots.short_label(run_row("mobilenet_v1", width=0.5, augment="none", mining="none")) == \
+    assert tables.short_label(run_row("mobilenet_v1", width=0.5, augment="none", mining="none")) == \
         "MobileNetV1 x0.5, no aug, no mining"
-    assert plots.short_label(run_row("vgg16")) == "VGG16"
-    assert plots.short_label({"label": "x"}) == "x"
+    assert tables.short_label(run_row("vgg16")) == "VGG16"
+    assert tables.short_label({"label": "x"}) == "x"
     assert plots.backbone_color("vgg16") != plots.backbone_color("mobilenet_v1")
     assert plots.augment_marker("all") != plots.augment_marker("none")
 
@@ -105,7 +105,7 @@ def test_empty_frames_give_a_figure_that_says_so():
                 plots.device_times(empty, "inference_ms"), plots.training_curves({})):
         assert isinstance(fig, Figure)
         assert any("no " in t.get_text() for ax in fig.axes for t in ax.texts)
-    assert plots.mining_table(empty).empty
+    assert tables.mining_table(empty).empty
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def mining() -> pd.DataFrame:
 
 
 def test_mining_table_values(mining):
-    table = plots.mining_table(mining)
+    table = tables.mining_table(mining)
     assert list(table.index) == ["VGG16", "MobileNetV1"]
     assert list(table.columns) == ["mAP, mining 3:1", "mAP, no mining",
                                    "prediction ms, mining 3:1", "prediction ms, no mining"]
@@ -176,7 +176,7 @@ def test_mining_table_values(mining):
 
 def test_mining_table_averages_repeats_and_leaves_gaps(mining):
     extra = pd.DataFrame([run_row("vgg16", mining="3:1", mAP=0.58, ms=100.0)])
-    table = plots.mining_table(pd.concat([mining, extra]).iloc[[0, 2, 3, 4]])
+    table = tables.mining_table(pd.concat([mining, extra]).iloc[[0, 2, 3, 4]])
     assert table.loc["VGG16", "mAP, mining 3:1"] == pytest.approx(0.60)
     assert np.isnan(table.loc["MobileNetV1", "mAP, no mining"])
 
@@ -195,7 +195,7 @@ def test_nms_split_stacks_forward_and_postprocessing(runs):
     fig = plots.nms_split(df)
     (ax,) = fig.axes
     assert n_bars(ax) == 2 * 2 * 2  # runs x paths x stages
-    table = plots.nms_table(df)
+    table = tables.nms_table(df)
     ref = table[(table.path == "reference loop") & (table.run == "VGG16")].iloc[0]
     assert ref["forward"] == pytest.approx(96.0) and ref["total"] == pytest.approx(240.0)
     assert ref["post-processing share"] == pytest.approx(0.6)
@@ -206,7 +206,7 @@ def test_nms_split_uses_decode_and_nms_columns_when_present(runs):
     df = runs.iloc[[2]].assign(decode_ms=1.0, nms_ms=5.0, reference_decode_ms=1.5, reference_nms_ms=40.0)
     fig = plots.nms_split(df)
     assert n_bars(fig.axes[0]) == 2 * 3
-    table = plots.nms_table(df)
+    table = tables.nms_table(df)
     assert list(table["NMS"]) == [5.0, 40.0]
 
 
@@ -276,18 +276,18 @@ def grid_priors(sizes_boxes):
 
 def test_prior_layout_recovers_maps():
     priors = grid_priors([(5, 4), (3, 6), (2, 6), (1, 4)])
-    layout = plots.prior_layout(priors)
+    layout = tables.prior_layout(priors)
     assert [(m.size, m.boxes_per_cell, m.start) for m in layout] == [(5, 4, 0), (3, 6, 100), (2, 6, 154), (1, 4, 178)]
     assert sum(m.count for m in layout) == len(priors)
     with pytest.raises(ValueError, match="not square"):
-        plots.prior_layout(priors[:8])  # two cells of a 5x5 map
+        tables.prior_layout(priors[:8])  # two cells of a 5x5 map
 
 
 def test_prior_layout_matches_the_model_priors():
     import ssdstudy.model.priors as priors_mod
 
     for config in (priors_mod.VGG16_PRIORS, priors_mod.MOBILENET_V1_PRIORS):
-        layout = plots.prior_layout(priors_mod.generate_priors(config).numpy())
+        layout = tables.prior_layout(priors_mod.generate_priors(config).numpy())
         assert tuple(m.size for m in layout) == config.feature_map_sizes
         assert tuple(m.boxes_per_cell for m in layout) == config.boxes_per_cell
 
@@ -327,16 +327,16 @@ def test_augmentation_grid_titles_and_boxes():
 
 def test_run_tables():
     metrics = {"ap_per_class": {"cat": {"voc07": 0.5, "voc": 0.52}, "dog": {"voc07": 0.7, "voc": 0.71}}}
-    table = plots.ap_table(metrics)
+    table = tables.ap_table(metrics)
     assert list(table.index) == ["dog", "cat"] and table.loc["cat", "AP (VOC10+)"] == 0.52
     timing = {"cpu": {"device_name": "Xeon", "threads": 2,
                       "inference_ms": {"median": 10.0, "iqr": 1.0, "mean": 10.2, "n": 5},
                       "prediction_ms": {"median": 12.0, "iqr": 1.5, "mean": 12.1, "n": 5},
                       "throughput_images_per_s": 90.0, "peak_memory_mb": 500.0}}
-    t = plots.timing_table(timing)
+    t = tables.timing_table(timing)
     assert t.loc["cpu", "prediction ms"] == 12.0 and t.loc["cpu", "inference IQR"] == 1.0
     assert np.isnan(t.loc["cpu", "reference prediction ms"])
-    assert plots.timing_table({}).empty
+    assert tables.timing_table({}).empty
 
 
 def test_no_figure_is_left_open_in_pyplot(runs):
@@ -351,12 +351,12 @@ def test_no_figure_is_left_open_in_pyplot(runs):
 
 def test_prior_table_counts_boxes():
     priors = grid_priors([(5, 4), (1, 4)])
-    table = plots.prior_table(priors)
+    table = tables.prior_table(priors)
     assert list(table["feature map"]) == ["5x5", "1x1"]
     assert list(table["default boxes"]) == [100, 4]
     # consecutive 1x1 maps need the layout
     priors = grid_priors([(2, 4), (1, 6), (1, 6)])
-    table = plots.prior_table(priors, layout=[(2, 4), (1, 6), (1, 6)])
+    table = tables.prior_table(priors, layout=[(2, 4), (1, 6), (1, 6)])
     assert list(table["boxes per cell"]) == [4, 6, 6]
     # boxes (0.1k, 0.05k): sqrt(w h) = 0.1 k / sqrt(2)
     assert table.loc[0, "smallest box (%)"] == pytest.approx(round(10 / np.sqrt(2), 1))
