@@ -33,53 +33,53 @@ and the numbers behind it. They test the direction of each effect, not its size:
 study's "greatly" and "slightly" have no threshold to reproduce, and results on the
 generated dataset are not comparable in magnitude with VOC's.
 
-A direction can be noise. Where a check compares the mAPs of runs scored on the same
-test images (a difference, claim 6's difference of two drops, claim 3's share of mAP
-lost, or a statement about size bins) and their folders hold ``outcomes.npz``, a paired
-bootstrap of the test images (:mod:`ssdstudy.evaluate.bootstrap`) gives the comparison a
-95 % interval; when the interval holds 0 the check is too close to call. A timing check
-is too close to call when the two medians are closer than the mean of their
-interquartile ranges (the spread the timing files record). A timing measured on a busy
-machine (flagged by :func:`ssdstudy.timing.busy_reasons`) cannot be tested: see
-:func:`_busy`.
-
-Training is noise too. Given the study's runs with several seeds (the seeds
-experiment's frame, as :class:`ssdstudy.seednoise.SeedNoise`), a comparison of mAPs
-whose difference is smaller than the spread between seeds of the settings it compares
-(:meth:`ssdstudy.seednoise.SeedNoise.band`: the whole-set mAP's spread, or for a
-statement about size bins the largest spread of the bins it uses) is too close to call
-as well, whatever the bootstrap says: another seed could reverse it. The check's detail
-names the band, the spread it scales and whose seeds measured it (and when the study's
-largest spread stands in for settings trained once); where no setting was trained with
-several seeds it says that the spread between seeds was not measured.
+How each check is settled (the test set's bootstrap, the spread between seeds, the
+timings' spread, the mAP floor, a busy machine) is :mod:`ssdstudy.checks`'.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ssdstudy.data.bins import SIZE_BINS
-from ssdstudy.evaluate.bootstrap import MapDifference, Outcomes, paired_contrast, paired_statistic
-from ssdstudy.seednoise import Band, SeedNoise
+from ssdstudy.checks import (
+    MAP_FLOOR,
+    Check,
+    bin_index,
+    bin_metrics,
+    bin_statistic,
+    busy_check,
+    busy_reason,
+    column_mean,
+    contrast_check,
+    map_check,
+    map_contrast,
+    missing,
+    not_learned,
+    number,
+    row_extreme,
+    row_mean,
+    seed_band,
+    settle,
+    time_check,
+    time_outcome,
+)
+from ssdstudy.seednoise import SeedNoise
 
 __all__ = [
     "BOTTLENECK_SHARE",
     "CLAIMS",
-    "MAP_FLOOR",
+    "LARGE_BINS",
+    "MAP_FLOOR",  # from ssdstudy.checks: the chapters state it beside the verdicts
     "VERDICT_TABLE",
     "SMALL_BINS",
-    "Check",
     "Verdict",
     "assess_all",
-    "bin_statistic",
     "claim_augmentation",
     "claim_backbone",
     "claim_gpu_cpu",
@@ -89,7 +89,6 @@ __all__ = [
     "claim_training_devices",
     "claim_width",
     "combine_frames",
-    "map_contrast",
     "select_hardware",
     "verdict_table",
 ]
@@ -121,9 +120,6 @@ LARGE_BINS: tuple[str, ...] = ("40-60", "60-80")
 #: Post-processing is called a bottleneck when it takes at least this share of the
 #: prediction time (as long as the network's forward pass, or longer).
 BOTTLENECK_SHARE = 0.5
-#: A model whose VOC07 mAP (on the test set, or in the size bin compared) is below this
-#: has not learned what a comparison is about: the comparison cannot be tested.
-MAP_FLOOR = 0.1
 #: The verdict table: (verdict, when), in the order it is decided.
 VERDICT_TABLE: tuple[tuple[str, str], ...] = (
     ("cannot test", "no check could be tested, or a model the claim compares did not learn"),
@@ -135,27 +131,6 @@ VERDICT_TABLE: tuple[tuple[str, str], ...] = (
 
 _NAMES = {"vgg16": "VGG16", "vgg16_bn": "VGG16-BN", "mobilenet_v1": "MobileNetV1", "squeezenet": "SqueezeNet 1.1"}
 VGG, MOBILENET = "vgg16", "mobilenet_v1"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One testable part of a claim: a sentence, whether it holds (None: not settled; with
-    ``undecided`` the difference is within the noise, else it cannot be tested), and the
-    numbers behind the answer."""
-
-    statement: str
-    holds: bool | None
-    detail: str = ""
-    undecided: bool = False
-    #: Untestable because a model compared did not learn (below :data:`MAP_FLOOR`).
-    not_learned: bool = False
-
-    @property
-    def outcome(self) -> str:
-        """``holds``, ``fails``, ``too close to call`` or ``cannot test``."""
-        if self.undecided:
-            return "too close to call"
-        return {True: "holds", False: "fails", None: "cannot test"}[self.holds]
 
 
 @dataclass(frozen=True)
@@ -241,14 +216,6 @@ class Verdict:
 # --- selecting rows ----------------------------------------------------------------------
 
 
-def _num(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if np.isnan(v) else v
-
-
 def _rows(df: pd.DataFrame, **equal: Any) -> pd.DataFrame:
     if df is None or df.empty:
         return pd.DataFrame()
@@ -262,12 +229,6 @@ def _rows(df: pd.DataFrame, **equal: Any) -> pd.DataFrame:
     return out
 
 
-def _mean(df: pd.DataFrame, col: str) -> float | None:
-    if df.empty or col not in df.columns:
-        return None
-    return _num(df[col].mean())
-
-
 def _run(df: pd.DataFrame, backbone: str, augment: str = "all", mining: str | None = "3:1",
          width: float = 1.0) -> pd.DataFrame:
     kw: dict[str, Any] = {"backbone": backbone, "augment": augment, "width": width}
@@ -276,78 +237,13 @@ def _run(df: pd.DataFrame, backbone: str, augment: str = "all", mining: str | No
     return _rows(df, **kw)
 
 
-def _missing(what: str) -> Check:
-    return Check(what, None, "no finished run to compare")
-
-
-@lru_cache(maxsize=256)
-def _outcomes(path: str, mtime: float) -> Outcomes:
-    return Outcomes.load(path)
-
-
-def _run_outcomes(frame: pd.DataFrame) -> Outcomes | None:
-    """The outcomes of a frame of one run whose folder (column ``run_dir``) holds
-    ``outcomes.npz``; None otherwise."""
-    if len(frame) != 1 or "run_dir" not in frame.columns:
-        return None
-    path = Path(str(frame.iloc[0]["run_dir"])) / "outcomes.npz"
-    return _outcomes(str(path), path.stat().st_mtime) if path.is_file() else None
-
-
-def map_contrast(terms: Sequence[tuple[float, pd.DataFrame]]) -> MapDifference | None:
-    """Paired-bootstrap value of a weighted sum of runs' VOC07 mAPs, when each frame is
-    one run with its ``outcomes.npz`` and all were scored on the same images; None
-    otherwise."""
-    runs = [_run_outcomes(f) for _, f in terms]
-    if any(o is None for o in runs):
-        return None
-    try:
-        return paired_contrast([(coef, o) for (coef, _), o in zip(terms, runs, strict=True)])
-    except ValueError:
-        return None
-
-
-def bin_statistic(frames: Sequence[pd.DataFrame],
-                  statistic: Callable[[Sequence[np.ndarray]], np.ndarray]) -> MapDifference | None:
-    """Paired-bootstrap value of ``statistic`` of runs' size-bin mAPs (each run's
-    ``(B, 7)`` array, in the order of ``frames``), when each frame is one run whose
-    ``outcomes.npz`` records its images' bins, all scored on the same images; None
-    otherwise."""
-    runs = [_run_outcomes(f) for f in frames]
-    if any(o is None or o.image_bins is None for o in runs):
-        return None
-    try:
-        return paired_statistic(statistic, runs)
-    except ValueError:
-        return None
-
-
-def _bin_index(names: Sequence[str]) -> list[int]:
-    return [SIZE_BINS.index(n) for n in names]
-
-
-def _row_mean(values: np.ndarray) -> np.ndarray:
-    """Mean of each row over its non-nan entries (nan for a row of nans), quietly."""
-    counted = ~np.isnan(values)
-    n = counted.sum(axis=1)
-    return np.where(n > 0, np.where(counted, values, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
-
-
-def _row_extreme(values: np.ndarray, largest: bool) -> np.ndarray:
-    """Max (or min) of each row over its non-nan entries (nan for a row of nans)."""
-    fill = -np.inf if largest else np.inf
-    filled = np.where(np.isnan(values), fill, values)
-    out = filled.max(axis=1) if largest else filled.min(axis=1)
-    return np.where(np.isinf(out), np.nan, out)
-
-
 def _budget_note(vgg: pd.DataFrame, mobilenet: pd.DataFrame) -> str:
     """A sentence when the two backbones' runs were trained on different numbers of
     images (a profile may give the slower VGG16 fewer): their mAPs then compare budgets
     as much as backbones."""
     seen = []
     for rows in (vgg, mobilenet):
-        images, epochs = _mean(rows, "train_images"), _mean(rows, "epochs")
+        images, epochs = column_mean(rows, "train_images"), column_mean(rows, "epochs")
         if images is None or epochs is None:
             return ""
         seen.append((images, epochs))
@@ -357,134 +253,6 @@ def _budget_note(vgg: pd.DataFrame, mobilenet: pd.DataFrame) -> str:
     return (f"The two backbones were not trained on the same budget: VGG16 on {vi:,.0f} images for "
             f"{ve:.0f} epochs, MobileNetV1 on {mi:,.0f} for {me:.0f} (the profile's choice, to fit "
             "its time). Their mAPs compare the budgets as much as the backbones.")
-
-
-def _settle(text: str, holds: bool, detail: str, diff: MapDifference | None, *, ties_hold: bool = False,
-            value: float | None = None, seeds: SeedNoise | None = None, band: Band | None = None) -> Check:
-    """The check "a statistic is positive" (``holds``: its direction from the results'
-    numbers). With its bootstrap value ``diff`` it holds when the whole interval is above
-    0, fails when it is below 0, and is too close to call otherwise; with ``ties_hold``
-    (a statement "at least") an interval at or above 0 holds.
-
-    With ``seeds`` given, the statistic's ``value`` (``diff.difference`` when None) is
-    also held against the spread between seeds ``band``: a settled check whose value is
-    smaller than ``band.width`` becomes too close to call; without a band the detail says
-    that the spread between seeds was not measured."""
-    if diff is None:
-        check = Check(text, holds, detail)
-    else:
-        detail = f"{detail}; {diff.text()}"
-        if ties_hold and diff.low >= 0:
-            check = Check(text, True, detail)
-        else:
-            check = (Check(text, diff.difference > 0, detail) if diff.settled
-                     else Check(text, None, detail, undecided=True))
-    if seeds is None:
-        return check
-    if band is None:
-        return Check(text, check.holds, f"{check.detail}; spread between seeds not measured", check.undecided)
-    value = value if value is not None else (diff.difference if diff is not None else None)
-    if check.holds is not None and value is not None and abs(value) < band.width:
-        return Check(text, None, f"{check.detail}; within {band.text()}", undecided=True)
-    return Check(text, check.holds, f"{check.detail}; beyond {band.text()}" if check.holds is not None
-                 else f"{check.detail}; {band.text()}", check.undecided)
-
-
-def _seed_band(seeds: SeedNoise | None, frames: Sequence[pd.DataFrame], metrics: Sequence[str] = ("voc07_map",),
-               scale: float = 1.0) -> Band | None:
-    """:meth:`SeedNoise.band` of a comparison, None without seeds."""
-    return seeds.band(frames, metrics, scale) if seeds is not None else None
-
-
-def _bin_metrics(names: Sequence[str]) -> list[str]:
-    return [f"bin {n}" for n in names]
-
-
-def _not_learned(text: str, values: Sequence[float], where: str = "") -> Check | None:
-    """The cannot-test check when a run compared scores below :data:`MAP_FLOOR`."""
-    low = [v for v in values if v < MAP_FLOOR]
-    if not low:
-        return None
-    return Check(text, None, f"a model compared did not learn{where} "
-                             f"(VOC07 mAP {min(low):.3f}, below the floor of {MAP_FLOOR:g})", not_learned=True)
-
-
-def _contrast_check(text: str, terms: Sequence[tuple[float, pd.DataFrame]], detail: str,
-                    seeds: SeedNoise | None = None) -> Check:
-    """Check that the weighted sum of the runs' mAPs is positive; too close to call when
-    its bootstrap interval holds 0 or (with ``seeds``) when it is smaller than the spread
-    between seeds, scaled by half of the sum of the absolute weights; cannot test when a
-    run has not learned."""
-    values = [_mean(rows, "voc07_map") for _, rows in terms]
-    if any(v is None for v in values):
-        return _missing(text)
-    gate = _not_learned(text, values)
-    if gate is not None:
-        return gate
-    value = sum(coef * v for (coef, _), v in zip(terms, values, strict=True))
-    band = _seed_band(seeds, [rows for _, rows in terms], scale=sum(abs(c) for c, _ in terms) / 2)
-    return _settle(text, value > 0, detail, map_contrast(terms), value=value, seeds=seeds, band=band)
-
-
-#: Timings a busy machine spoils (training speed is measured apart, over whole epochs).
-_BUSY_METRICS = ("inference_ms", "prediction_ms", "reference_prediction_ms", "forward_ms", "postprocess_ms")
-
-
-def _busy(*frames: pd.DataFrame, metric: str = "prediction_ms") -> str:
-    """Why a timing of ``metric`` in ``frames`` was measured on a busy machine (column
-    ``busy``, reasons in ``busy_reason``); empty when none was.
-
-    Such a check cannot be tested rather than being too close to call: a busy machine
-    does not widen a timing's noise around its true value, it shifts it (another
-    process's threads take the cores; a 2-thread inference was once measured at 275 ms
-    against 14 ms on 1 thread), so neither the direction nor the spread says anything
-    about the models, and "too close to call" would claim a difference measured small."""
-    if metric not in _BUSY_METRICS:
-        return ""
-    reasons = []
-    for df in frames:
-        if df is None or df.empty or "busy" not in df.columns:
-            continue
-        flagged = df[df["busy"].fillna(False).astype(bool)]
-        for _, r in flagged.iterrows():
-            reasons.extend(str(r.get("busy_reason") or "flagged busy").split("; "))
-    return "; ".join(dict.fromkeys(reasons))
-
-
-def _busy_check(text: str, detail: str, busy: str) -> Check:
-    return Check(text, None, f"{detail}: measured on a busy machine ({busy})")
-
-
-def _time_check(text: str, rows_a: pd.DataFrame, rows_b: pd.DataFrame, metric: str, detail: str) -> Check:
-    """Check that ``metric`` (a time) of ``rows_a`` is larger than of ``rows_b``; too close
-    to call when the medians differ by less than the mean of their interquartile ranges
-    (column ``<metric>_iqr``; without it the direction decides); cannot test when either
-    was measured on a busy machine (:func:`_busy`)."""
-    a, b = _mean(rows_a, metric), _mean(rows_b, metric)
-    if a is None or b is None:
-        return _missing(text)
-    return _time_outcome(text, a, b, _mean(rows_a, f"{metric}_iqr"), _mean(rows_b, f"{metric}_iqr"), detail,
-                         busy=_busy(rows_a, rows_b, metric=metric))
-
-
-def _time_outcome(text: str, a: float, b: float, iqr_a: float | None, iqr_b: float | None, detail: str,
-                  busy: str = "") -> Check:
-    """``a > b`` as a check, too close to call within the timings' spread; cannot test
-    when ``busy`` says why a timing was measured on a busy machine."""
-    if busy:
-        return _busy_check(text, detail, busy)
-    if iqr_a is not None and iqr_b is not None:
-        band = (iqr_a + iqr_b) / 2
-        detail = f"{detail} (spread {band:.3g})"
-        if abs(a - b) < band:
-            return Check(text, None, detail + ": within the timings' spread", undecided=True)
-    return Check(text, a > b, detail)
-
-
-def _map_check(text: str, higher: pd.DataFrame, lower: pd.DataFrame, detail: str,
-               seeds: SeedNoise | None = None) -> Check:
-    """Check that run ``higher`` has the higher mAP than run ``lower``."""
-    return _contrast_check(text, [(1.0, higher), (-1.0, lower)], detail, seeds)
 
 
 def _device(df: pd.DataFrame) -> str:
@@ -504,8 +272,8 @@ def _bin_values(row: pd.Series | None) -> dict[str, float]:
         if not (isinstance(col, str) and col.startswith("bin ")):
             continue
         name = col[4:]
-        images = _num(row.get(f"images {name}", 1))
-        value = _num(row[col])
+        images = number(row.get(f"images {name}", 1))
+        value = number(row[col])
         if value is not None and (images is None or images > 0):
             out[name] = value
     return dict(sorted(out.items(), key=lambda kv: float(kv[0].split("-")[0])))
@@ -522,19 +290,19 @@ def _first(df: pd.DataFrame) -> pd.Series | None:
 
 def claim_backbone(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
     """Claim 1 from the backbone experiment: baselines (augmentation on, 3:1 mining);
-    ``seeds``: the study's spreads between seeds (see :func:`_settle`)."""
+    ``seeds``: the study's spreads between seeds (see :func:`settle`)."""
     v, m = _run(df, VGG), _run(df, MOBILENET)
     checks = []
     for col, text, better in (("voc07_map", "VGG16-SSD has the higher mAP", "higher"),
                               ("prediction_ms", "VGG16-SSD takes longer per prediction", "longer")):
-        a, b = _mean(v, col), _mean(m, col)
+        a, b = column_mean(v, col), column_mean(m, col)
         if a is None or b is None:
-            checks.append(_missing(text))
+            checks.append(missing(text))
         elif col == "prediction_ms":
             detail = f"VGG16 {a:.3g} ms against MobileNetV1 {b:.3g} ms on {_device(pd.concat([v, m]))}"
-            checks.append(_time_check(text, v, m, col, detail))
+            checks.append(time_check(text, v, m, col, detail))
         else:
-            checks.append(_map_check(text, v, m, f"VGG16 {a:.3f} against MobileNetV1 {b:.3f}", seeds))
+            checks.append(map_check(text, v, m, f"VGG16 {a:.3f} against MobileNetV1 {b:.3f}", seeds))
     return Verdict(1, tuple(checks), _budget_note(v, m))
 
 
@@ -542,28 +310,28 @@ def _small_gain_check(name: str, on: pd.DataFrame, off: pd.DataFrame, seeds: See
     """Is the mAP gain of ``on`` over ``off`` larger, on average, in the small bins?"""
     text = f"for {name} the gain is largest on small objects (under 10 % of the image)"
     if on.empty or off.empty:
-        return _missing(text)
+        return missing(text)
     with_aug, without = _bin_values(_first(on)), _bin_values(_first(off))
     gains = {k: with_aug[k] - without[k] for k in with_aug.keys() & without.keys()}
     small = [g for k, g in gains.items() if k in SMALL_BINS]
     other = [g for k, g in gains.items() if k not in SMALL_BINS]
     if not small or not other:
         return Check(text, None, "no test images of small and of larger objects in both runs")
-    gate = _not_learned(text, [x for x in (_mean(on, "voc07_map"), _mean(off, "voc07_map")) if x is not None]
+    gate = not_learned(text, [x for x in (column_mean(on, "voc07_map"), column_mean(off, "voc07_map")) if x is not None]
                         + [with_aug[k] for k in gains if k in SMALL_BINS], " (on the whole test set or on small objects)")
     if gate is not None:
         return gate
     s, o = float(np.mean(small)), float(np.mean(other))
-    small_bins = _bin_index([k for k in gains if k in SMALL_BINS])
-    other_bins = _bin_index([k for k in gains if k not in SMALL_BINS])
+    small_bins = bin_index([k for k in gains if k in SMALL_BINS])
+    other_bins = bin_index([k for k in gains if k not in SMALL_BINS])
 
     def excess(maps: Sequence[np.ndarray]) -> np.ndarray:
         gain = maps[0] - maps[1]
-        return _row_mean(gain[:, small_bins]) - _row_mean(gain[:, other_bins])
+        return row_mean(gain[:, small_bins]) - row_mean(gain[:, other_bins])
 
     # a difference of two differences of the runs' bin mAPs: twice a spread between seeds
-    band = _seed_band(seeds, [on, off], _bin_metrics(list(gains)), scale=2.0)
-    return _settle(text, s > o, f"mean gain {s:+.3f} on small objects, {o:+.3f} on larger ones",
+    band = seed_band(seeds, [on, off], bin_metrics(list(gains)), scale=2.0)
+    return settle(text, s > o, f"mean gain {s:+.3f} on small objects, {o:+.3f} on larger ones",
                    bin_statistic([on, off], excess), value=s - o, seeds=seeds, band=band)
 
 
@@ -573,15 +341,15 @@ def claim_augmentation(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verd
     for backbone in (VGG, MOBILENET):
         name = _NAMES[backbone]
         on, off = _run(df, backbone, "all"), _run(df, backbone, "none")
-        a, b = _mean(on, "voc07_map"), _mean(off, "voc07_map")
+        a, b = column_mean(on, "voc07_map"), column_mean(off, "voc07_map")
         text = f"augmentation raises {name}'s mAP"
-        checks.append(_missing(text) if a is None or b is None
-                      else _map_check(text, on, off, f"{b:.3f} without, {a:.3f} with", seeds))
+        checks.append(missing(text) if a is None or b is None
+                      else map_check(text, on, off, f"{b:.3f} without, {a:.3f} with", seeds))
         checks.append(_small_gain_check(name, on, off, seeds))
-        a, b = _mean(on, "epoch_seconds"), _mean(off, "epoch_seconds")
+        a, b = column_mean(on, "epoch_seconds"), column_mean(off, "epoch_seconds")
         text = f"an epoch of {name} takes less time without augmentation"
-        checks.append(_missing(text) if a is None or b is None
-                      else _time_check(text, on, off, "epoch_seconds", f"{b:.3g} s without, {a:.3g} s with"))
+        checks.append(missing(text) if a is None or b is None
+                      else time_check(text, on, off, "epoch_seconds", f"{b:.3g} s without, {a:.3g} s with"))
     return Verdict(2, tuple(checks))
 
 
@@ -594,38 +362,38 @@ def claim_width(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
         if rows.empty or "width" not in rows.columns:
             continue
         full = rows[rows["width"] == 1.0]
-        ref_map, ref_ms = _mean(full, "voc07_map"), _mean(full, "prediction_ms")
+        ref_map, ref_ms = column_mean(full, "voc07_map"), column_mean(full, "prediction_ms")
         for width in sorted(w for w in rows["width"].unique() if w < 1.0):
             text = (f"x{width:g} ({'with' if augment == 'all' else 'without'} augmentation) loses a larger "
                     "share of mAP than it saves of prediction time")
             sub = rows[rows["width"] == width]
-            m, t = _mean(sub, "voc07_map"), _mean(sub, "prediction_ms")
+            m, t = column_mean(sub, "voc07_map"), column_mean(sub, "prediction_ms")
             if None in (ref_map, ref_ms, m, t) or not ref_map or not ref_ms:
                 checks.append(Check(text, None, "no width-1.0 run to compare with"))
                 continue
             loss, saving = 1 - m / ref_map, 1 - t / ref_ms
             detail = (f"mAP {m:.3f} against {ref_map:.3f} ({-loss:+.0%}), "
                       f"{t:.3g} ms against {ref_ms:.3g} ms ({-saving:+.0%})")
-            gate = _not_learned(text, [m, ref_map])
+            gate = not_learned(text, [m, ref_map])
             if gate is not None:
                 checks.append(gate)
                 continue
-            busy = _busy(sub, full, metric="prediction_ms")
+            busy = busy_reason(sub, full, metric="prediction_ms")
             if busy:
-                checks.append(_busy_check(text, detail, busy))
+                checks.append(busy_check(text, detail, busy))
                 continue
-            iqr = _mean(sub, "prediction_ms_iqr"), _mean(full, "prediction_ms_iqr")
+            iqr = column_mean(sub, "prediction_ms_iqr"), column_mean(full, "prediction_ms_iqr")
             if None not in iqr and abs(ref_ms - t) < (iqr[0] + iqr[1]) / 2:
                 checks.append(Check(text, None, detail + ": the time saved is within the timings' spread",
                                     undecided=True))
                 continue
             # loss > saving  <=>  (1 - saving) * mAP(1.0) - mAP(width) > 0: a contrast of the two runs
             terms = [(1 - saving, full), (-1.0, sub)]
-            band = _seed_band(seeds, [full, sub], scale=(abs(1 - saving) + 1) / 2)
-            checks.append(_settle(text, loss > saving, detail, map_contrast(terms),
+            band = seed_band(seeds, [full, sub], scale=(abs(1 - saving) + 1) / 2)
+            checks.append(settle(text, loss > saving, detail, map_contrast(terms),
                                   value=(1 - saving) * ref_map - m, seeds=seeds, band=band))
     if not checks:
-        checks.append(_missing("narrower MobileNets lose more accuracy than they gain in speed"))
+        checks.append(missing("narrower MobileNets lose more accuracy than they gain in speed"))
     return Verdict(3, tuple(checks))
 
 
@@ -643,7 +411,7 @@ def _hardware_pairs(hw: pd.DataFrame, metric: str) -> list[tuple[str, str, float
     threads = rows["threads"] if "threads" in rows.columns else pd.Series(np.nan, index=rows.index)
     rows["_text"] = [
         f"{r.get('device_name') or r.get('device')}" + (f" ({int(t)} threads)" if r.get("device") == "cpu"
-                                                      and _num(t) is not None else "")
+                                                      and number(t) is not None else "")
         for (_, r), t in zip(rows.iterrows(), threads)
     ]
     machine = rows["machine"].fillna("?").astype(str) if "machine" in rows.columns else pd.Series("", index=rows.index)
@@ -652,10 +420,10 @@ def _hardware_pairs(hw: pd.DataFrame, metric: str) -> list[tuple[str, str, float
     out = []
     for (kind, text), group in rows.groupby([rows["device"].fillna("?"), "_text"], sort=True):
         vg, mg = group[group["backbone"] == VGG], group[group["backbone"] == MOBILENET]
-        v, m = _mean(vg, metric), _mean(mg, metric)
+        v, m = column_mean(vg, metric), column_mean(mg, metric)
         if v is not None and m is not None:
-            out.append((str(kind), str(text), v, m, _mean(vg, f"{metric}_iqr"), _mean(mg, f"{metric}_iqr"),
-                        _busy(vg, mg, metric=metric)))
+            out.append((str(kind), str(text), v, m, column_mean(vg, f"{metric}_iqr"), column_mean(mg, f"{metric}_iqr"),
+                        busy_reason(vg, mg, metric=metric)))
     return out
 
 
@@ -667,8 +435,8 @@ def claim_gpu_cpu(hw: pd.DataFrame) -> Verdict:
         gpu = kind != "cpu"
         statement = f"on {text}, {'VGG16' if gpu else 'MobileNetV1'}-SSD's inference is faster"
         detail = f"VGG16 {v:.3g} ms, MobileNetV1 {m:.3g} ms"
-        checks.append(_time_outcome(statement, m, v, iqr_m, iqr_v, detail, busy) if gpu
-                      else _time_outcome(statement, v, m, iqr_v, iqr_m, detail, busy))
+        checks.append(time_outcome(statement, m, v, iqr_m, iqr_v, detail, busy) if gpu
+                      else time_outcome(statement, v, m, iqr_v, iqr_m, detail, busy))
     kinds = {k for k, *_ in pairs}
     if not any(k != "cpu" for k in kinds):
         checks.append(Check("on a GPU, VGG16-SSD's inference is faster", None, "no GPU was measured"))
@@ -685,17 +453,17 @@ def claim_nms(df: pd.DataFrame, hw: pd.DataFrame | None = None) -> Verdict:
     checks, notes = [], []
     for _, row in (df.iterrows() if df is not None and len(df) else iter(())):
         name = _NAMES.get(row.get("backbone"), str(row.get("backbone")))
-        forward = _num(row.get("forward_ms", row.get("inference_ms")))
-        ref = _num(row.get("reference_prediction_ms"))
+        forward = number(row.get("forward_ms", row.get("inference_ms")))
+        ref = number(row.get("reference_prediction_ms"))
         text = f"{name} on {row.get('device_name') or 'the study machine'}: the reference NMS loop takes at least half of prediction time"
         if forward is None or ref is None or ref <= 0:
             checks.append(Check(text, None, "no reference-loop timing"))
             continue
         share = max(0.0, ref - forward) / ref
-        busy = _busy(pd.DataFrame([row]), metric="reference_prediction_ms")
-        checks.append(_busy_check(text, f"{share:.0%} of {ref:.3g} ms", busy) if busy
+        busy = busy_reason(pd.DataFrame([row]), metric="reference_prediction_ms")
+        checks.append(busy_check(text, f"{share:.0%} of {ref:.3g} ms", busy) if busy
                       else Check(text, share >= BOTTLENECK_SHARE, f"{share:.0%} of {ref:.3g} ms"))
-        pred, post = _num(row.get("prediction_ms")), _num(row.get("postprocess_ms"))
+        pred, post = number(row.get("prediction_ms")), number(row.get("postprocess_ms"))
         if pred and post is not None:
             notes.append(f"{name}: {post / pred:.0%} of {pred:.3g} ms")
     if hw is not None and len(hw):
@@ -705,16 +473,16 @@ def claim_nms(df: pd.DataFrame, hw: pd.DataFrame | None = None) -> Verdict:
             trained = (rows["trained"].fillna(True).astype(bool) if "trained" in rows.columns
                        else pd.Series(True, index=rows.index))
             for (dev, backbone, is_trained), group in rows.groupby(["device_name", "backbone", trained]):
-                ref, fwd = _mean(group, "reference_prediction_ms"), _mean(group, "inference_ms")
+                ref, fwd = column_mean(group, "reference_prediction_ms"), column_mean(group, "inference_ms")
                 if ref is None or fwd is None or ref <= 0:
                     continue
                 share = max(0.0, ref - fwd) / ref
                 text = (f"{_NAMES.get(backbone, backbone)} on {dev}{'' if is_trained else ' (untrained weights)'}: "
                         "the reference NMS loop takes at least half of prediction time")
                 detail = f"{share:.0%} of {ref:.3g} ms"
-                busy = _busy(group, metric="reference_prediction_ms")
+                busy = busy_reason(group, metric="reference_prediction_ms")
                 if busy:
-                    checks.append(_busy_check(text, detail, busy))
+                    checks.append(busy_check(text, detail, busy))
                 elif not is_trained and share >= BOTTLENECK_SHARE:
                     # untrained weights send (nearly) every default box into NMS: the share is
                     # an upper bound of a trained model's, so only its failing says something
@@ -724,7 +492,7 @@ def claim_nms(df: pd.DataFrame, hw: pd.DataFrame | None = None) -> Verdict:
                     checks.append(Check(text, share >= BOTTLENECK_SHARE,
                                         detail + ("" if is_trained else ", an upper bound (untrained weights)")))
     if not checks:
-        checks.append(_missing("the reference NMS loop takes at least half of prediction time"))
+        checks.append(missing("the reference NMS loop takes at least half of prediction time"))
     note = ("With the vectorised post-processing (one batched NMS call) the share after the forward pass is "
             + "; ".join(notes) + ".") if notes else ""
     return Verdict(5, tuple(checks), note)
@@ -737,31 +505,31 @@ def claim_mining(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
     for backbone in (VGG, MOBILENET):
         name = _NAMES[backbone]
         on, off = _run(df, backbone, mining="3:1"), _run(df, backbone, mining="none")
-        a, b = _mean(on, "voc07_map"), _mean(off, "voc07_map")
+        a, b = column_mean(on, "voc07_map"), column_mean(off, "voc07_map")
         text = f"without mining {name}'s mAP drops"
         if a is None or b is None:
-            checks.append(_missing(text))
+            checks.append(missing(text))
         else:
             drops[backbone] = a - b
-            checks.append(_map_check(text, on, off, f"{a:.3f} with 3:1 mining, {b:.3f} without", seeds))
-        a, b = _mean(on, "prediction_ms"), _mean(off, "prediction_ms")
+            checks.append(map_check(text, on, off, f"{a:.3f} with 3:1 mining, {b:.3f} without", seeds))
+        a, b = column_mean(on, "prediction_ms"), column_mean(off, "prediction_ms")
         text = f"without mining {name}'s prediction takes longer"
-        checks.append(_missing(text) if a is None or b is None
-                      else _time_check(text, off, on, "prediction_ms", f"{a:.3g} ms with mining, {b:.3g} ms without"))
+        checks.append(missing(text) if a is None or b is None
+                      else time_check(text, off, on, "prediction_ms", f"{a:.3g} ms with mining, {b:.3g} ms without"))
     text = "the drop is larger for MobileNetV1"
-    checks.append(_contrast_check(
+    checks.append(contrast_check(
         text,
         [(1.0, _run(df, MOBILENET, mining="3:1")), (-1.0, _run(df, MOBILENET, mining="none")),
          (-1.0, _run(df, VGG, mining="3:1")), (1.0, _run(df, VGG, mining="none"))],
         f"{drops[MOBILENET]:.3f} against {drops[VGG]:.3f}", seeds,
-    ) if len(drops) == 2 else _missing(text))
+    ) if len(drops) == 2 else missing(text))
     v_rows, m_rows = _run(df, VGG, mining="3:1"), _run(df, MOBILENET, mining="3:1")
-    v, m = _mean(v_rows, "voc07_map"), _mean(m_rows, "voc07_map")
+    v, m = column_mean(v_rows, "voc07_map"), column_mean(m_rows, "voc07_map")
     text = "with mining on this schedule MobileNetV1-SSD beats VGG16-SSD"
-    epochs = _mean(df, "epochs") if df is not None else None
+    epochs = column_mean(df, "epochs") if df is not None else None
     when = f" after {epochs:.0f} epochs" if epochs is not None else ""
-    checks.append(_missing(text) if v is None or m is None
-                  else _map_check(text, m_rows, v_rows, f"MobileNetV1 {m:.3f}, VGG16 {v:.3f}{when}", seeds))
+    checks.append(missing(text) if v is None or m is None
+                  else map_check(text, m_rows, v_rows, f"MobileNetV1 {m:.3f}, VGG16 {v:.3f}{when}", seeds))
     return Verdict(6, tuple(checks), _budget_note(v_rows, m_rows))
 
 
@@ -776,7 +544,7 @@ def claim_sizes(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
                 + (["no augmentation"] if row.get("augment") == "none" else [])
             )
             text = f"{label}: the smallest populated bin has the lowest mAP"
-            gate = _not_learned(text, [v for v in [_num(row.get("voc07_map"))] if v is not None])
+            gate = not_learned(text, [v for v in [number(row.get("voc07_map"))] if v is not None])
             if gate is not None:
                 checks.append(gate)
                 continue
@@ -788,24 +556,24 @@ def claim_sizes(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
             detail = f"{smallest} %: {values[smallest]:.3f}"
             detail += (f", the lowest of {len(values)} bins" if values[smallest] <= values[worst]
                        else f"; lowest: {worst} %: {values[worst]:.3f}")
-            first, others = _bin_index([smallest])[0], _bin_index([k for k in values if k != smallest])
+            first, others = bin_index([smallest])[0], bin_index([k for k in values if k != smallest])
 
             def margin(maps: Sequence[np.ndarray], first: int = first, others: list[int] = others) -> np.ndarray:
                 # how far the smallest bin lies below the lowest of the others
-                return _row_extreme(maps[0][:, others], largest=False) - maps[0][:, first]
+                return row_extreme(maps[0][:, others], largest=False) - maps[0][:, first]
 
             one = pd.DataFrame([row])
             below = min(v for k, v in values.items() if k != smallest) - values[smallest]
-            checks.append(_settle(text, values[smallest] <= values[worst], detail, bin_statistic([one], margin),
+            checks.append(settle(text, values[smallest] <= values[worst], detail, bin_statistic([one], margin),
                                   ties_hold=True, value=below, seeds=seeds,
-                                  band=_seed_band(seeds, [one], _bin_metrics(list(values)))))
+                                  band=seed_band(seeds, [one], bin_metrics(list(values)))))
     for augment, which in (("all", "with augmentation"),):
         v, m = _bin_values(_first(_run(df, VGG, augment))), _bin_values(_first(_run(df, MOBILENET, augment)))
         lead = {k: v[k] - m[k] for k in v.keys() & m.keys()}
         text = f"{which}, VGG16's lead over MobileNetV1 is largest on small objects (under 10 %)"
-        gate = _not_learned(text, [v[k] for k in v if k in SMALL_BINS] + [m[k] for k in m if k in SMALL_BINS]
-                            + [x for x in (_mean(_run(df, VGG, augment), "voc07_map"),
-                                           _mean(_run(df, MOBILENET, augment), "voc07_map")) if x is not None],
+        gate = not_learned(text, [v[k] for k in v if k in SMALL_BINS] + [m[k] for k in m if k in SMALL_BINS]
+                            + [x for x in (column_mean(_run(df, VGG, augment), "voc07_map"),
+                                           column_mean(_run(df, MOBILENET, augment), "voc07_map")) if x is not None],
                             " (on the whole test set or on small objects)")
         if not lead or not any(k in SMALL_BINS for k in lead):
             checks.append(Check(text, None, "no small objects measured for both backbones"))
@@ -815,13 +583,13 @@ def claim_sizes(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
             best = max(lead, key=lead.get)
             detail = ("largest lead " + f"{lead[best]:+.3f} in bin {best} %; "
                       + ", ".join(f"{k} %: {lead[k]:+.3f}" for k in sorted(lead, key=lambda s: float(s.split('-')[0]))))
-            small_bins = _bin_index([k for k in lead if k in SMALL_BINS])
-            other_bins = _bin_index([k for k in lead if k not in SMALL_BINS])
+            small_bins = bin_index([k for k in lead if k in SMALL_BINS])
+            other_bins = bin_index([k for k in lead if k not in SMALL_BINS])
 
             def excess(maps: Sequence[np.ndarray]) -> np.ndarray:
                 # the largest lead on small objects over the largest elsewhere
                 gap = maps[0] - maps[1]
-                return _row_extreme(gap[:, small_bins], largest=True) - _row_extreme(gap[:, other_bins], largest=True)
+                return row_extreme(gap[:, small_bins], largest=True) - row_extreme(gap[:, other_bins], largest=True)
 
             pair = [_run(df, VGG, augment), _run(df, MOBILENET, augment)]
             diff = bin_statistic(pair, excess) if other_bins else None
@@ -829,27 +597,27 @@ def claim_sizes(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
             other_lead = max((lead[k] for k in lead if k not in SMALL_BINS), default=float("nan"))
             value = small_lead - other_lead if other_bins else None
             # a difference of two leads (each a difference of two runs): twice a spread
-            checks.append(_settle(text, best in SMALL_BINS, detail, diff, value=value, seeds=seeds,
-                                  band=_seed_band(seeds, pair, _bin_metrics(list(lead)), scale=2.0)))
+            checks.append(settle(text, best in SMALL_BINS, detail, diff, value=value, seeds=seeds,
+                                  band=seed_band(seeds, pair, bin_metrics(list(lead)), scale=2.0)))
     v, m = _bin_values(_first(_run(df, VGG, "none"))), _bin_values(_first(_run(df, MOBILENET, "none")))
     common = [k for k in LARGE_BINS if k in v and k in m]
     text = "without augmentation MobileNetV1 beats VGG16 on objects of 40-80 % of the image"
-    gate = _not_learned(text, [v[k] for k in common] + [m[k] for k in common], " (on objects of 40-80 %)")
+    gate = not_learned(text, [v[k] for k in common] + [m[k] for k in common], " (on objects of 40-80 %)")
     if not common:
         checks.append(Check(text, None, "no objects of 40-80 % measured for both backbones without augmentation"))
     elif gate is not None:
         checks.append(gate)
     else:
         a, b = float(np.mean([m[k] for k in common])), float(np.mean([v[k] for k in common]))
-        large_bins = _bin_index(common)
+        large_bins = bin_index(common)
 
         def lead(maps: Sequence[np.ndarray]) -> np.ndarray:
-            return _row_mean(maps[0][:, large_bins]) - _row_mean(maps[1][:, large_bins])
+            return row_mean(maps[0][:, large_bins]) - row_mean(maps[1][:, large_bins])
 
         pair = [_run(df, MOBILENET, "none"), _run(df, VGG, "none")]
-        checks.append(_settle(text, a > b, f"mean mAP over bins {', '.join(common)}: MobileNetV1 {a:.3f}, VGG16 {b:.3f}",
+        checks.append(settle(text, a > b, f"mean mAP over bins {', '.join(common)}: MobileNetV1 {a:.3f}, VGG16 {b:.3f}",
                               bin_statistic(pair, lead), value=a - b, seeds=seeds,
-                              band=_seed_band(seeds, pair, _bin_metrics(common))))
+                              band=seed_band(seeds, pair, bin_metrics(common))))
     return Verdict(7, tuple(checks), _budget_note(_run(df, VGG), _run(df, MOBILENET)))
 
 

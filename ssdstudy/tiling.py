@@ -6,7 +6,7 @@ and its mAP in each of the two smallest size bins, each difference with the 95 %
 interval of a paired bootstrap of the test images; and its count of default boxes and
 its prediction time (what more boxes cost in decoding and NMS). A difference whose
 interval holds 0 is too close to call; a run below the mAP floor did not learn and
-cannot be compared (:data:`ssdstudy.claims.MAP_FLOOR`). Each interval is a 95 % interval
+cannot be compared (:data:`ssdstudy.checks.MAP_FLOOR`). Each interval is a 95 % interval
 of its own comparison, with no correction for the nine made (three runs, three
 measures): one of them may leave out 0 by chance.
 
@@ -64,7 +64,7 @@ def tiling_table(df: pd.DataFrame, *, resamples: int = 1000, seeds: SeedNoise | 
     """One row per run of ``df`` (the tiling experiment's frame): its boxes, mAP, the
     differences to the run with the backbone's own boxes, and prediction time; with
     ``seeds``, a difference within the spread between seeds is too close to call."""
-    from ssdstudy.claims import MAP_FLOOR
+    from ssdstudy.checks import MAP_FLOOR
 
     own = df[df["tiling"] == "own"]
     if own.empty or df.empty:

@@ -42,7 +42,7 @@ def test_check_command_says_which_curves_still_rose(capsys):
     floor (a run that did not learn, whose flat end is no convergence)."""
     import pandas as pd
 
-    from ssdstudy.claims import MAP_FLOOR
+    from ssdstudy.checks import MAP_FLOOR
     from ssdstudy.cli import main
     from ssdstudy.results import FLAT_GAIN, curve_end
 

@@ -97,7 +97,7 @@ def fields(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ssdstudy.claims import MAP_FLOOR
+    from ssdstudy.checks import MAP_FLOOR
     from ssdstudy.published import check_published
     from ssdstudy.results import FLAT_GAIN, curve_end
     from ssdstudy.study import make_plan
