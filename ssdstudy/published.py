@@ -28,6 +28,8 @@ MACHINE_PATH = re.compile(r"(?<![\w.])(/home/|/root/|/work/|/Users/|/tmp/|/priva
 #: Published files: everything a run writes but its checkpoint.
 PUBLISHED = ("config.yaml", "history.csv", "metrics.json", "outcomes.npz", "samples.json", "timing.json",
              "provenance.json", "run.ipynb")
+#: A published twin's files (``ssdstudy train --run-dir``: no run notebook).
+TWIN = tuple(name for name in PUBLISHED if name != "run.ipynb")
 
 
 def in_history(commit: str) -> bool:
@@ -37,17 +39,18 @@ def in_history(commit: str) -> bool:
     return bool(commit) and _git("merge-base", "--is-ancestor", commit, "HEAD") is not None
 
 
-def check_run(paths: RunPaths, codes: ComputeCodes | None = None) -> list[str]:
+def check_run(paths: RunPaths, codes: ComputeCodes | None = None, files: tuple[str, ...] = PUBLISHED) -> list[str]:
     """The problems of one published run (an empty list: none).
 
     Args:
         paths: the run's folder.
         codes: the code at hand's compute codes, shared between calls (made if None).
+        files: the files it must have (:data:`TWIN` for a recomputed twin).
     """
     from ssdstudy.evaluate.bootstrap import Outcomes
 
     problems = []
-    missing = [name for name in PUBLISHED if not (paths.root / name).is_file()]
+    missing = [name for name in files if not (paths.root / name).is_file()]
     if missing:
         return [f"missing {', '.join(missing)}"]
     config = read_config(paths.config)
@@ -67,7 +70,7 @@ def check_run(paths: RunPaths, codes: ComputeCodes | None = None) -> list[str]:
     code = (ComputeCodes() if codes is None else codes)[config.model.backbone]
     if prov.get("compute_code") != code:
         problems.append(f"stale: computed by compute code {prov.get('compute_code')}, the code at hand is {code}")
-    for name in PUBLISHED:
+    for name in files:
         path = paths.root / name
         if path.suffix in (".npz",):
             continue
@@ -124,5 +127,5 @@ def reproduction_table(profile: str, results: Path | None = None):
     return pd.DataFrame(rows)
 
 
-__all__ = ["MACHINE_PATH", "PUBLISHED", "check_published", "check_run", "in_history", "recomputed_root",
+__all__ = ["MACHINE_PATH", "PUBLISHED", "TWIN", "check_published", "check_run", "in_history", "recomputed_root",
            "reproduction_table"]

@@ -12,17 +12,26 @@ import subprocess
 
 import pytest
 
-from ssdstudy.published import check_run
+from ssdstudy.published import TWIN, check_run
 from ssdstudy.runs import RESULTS, RunPaths
 from ssdstudy.study import make_plan
 from ssdstudy.workspace import PROJECT
 
 PUBLISHED = sorted(p.parent for p in (RESULTS / "default" / "runs").glob("*/provenance.json"))
+TWINS = sorted(p.parent for p in (RESULTS / "default-recomputed" / "runs").glob("*/provenance.json"))
 
 
 @pytest.mark.parametrize("run_dir", PUBLISHED, ids=[p.name for p in PUBLISHED])
 def test_published_run_is_sound(run_dir):
     assert check_run(RunPaths(run_dir)) == []
+
+
+@pytest.mark.parametrize("run_dir", TWINS, ids=[p.name for p in TWINS])
+def test_published_twin_is_sound_and_has_its_published_run(run_dir):
+    """A run computed again for the Reproduce page is held to the same checks (but for
+    its notebook: `ssdstudy train` writes none), and its published run is there."""
+    assert check_run(RunPaths(run_dir), files=TWIN) == []
+    assert run_dir.name in {p.name for p in PUBLISHED}
 
 
 def test_published_runs_are_runs_of_the_default_plan():
