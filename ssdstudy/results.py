@@ -441,14 +441,17 @@ def seed_spread(df: pd.DataFrame, metric: str = "voc07_map") -> pd.DataFrame:
 
 def bin_seed_spread(df: pd.DataFrame) -> pd.DataFrame:
     """The spread between seeds (range) of each size bin's VOC07 mAP, one row per setting
-    with several seeds (index ``label``), one column per bin with test images."""
-    columns = {}
+    with several seeds (index ``label``), one column per bin with test images (NaN
+    where a bin has fewer than two of the setting's seeds measured)."""
+    if df.empty:
+        return pd.DataFrame()
+    settings = seed_spread(df)  # every metric groups the same settings in the same order
+    several = settings["seeds"] >= 2
+    out = pd.DataFrame({"label": settings.loc[several, "label"]})
     for name in SIZE_BIN_NAMES:
         col = f"bin {name}"
         if col not in df.columns or not df[col].notna().any():
             continue
         spread = seed_spread(df, col)
-        spread = spread[spread["seeds"] >= 2]
-        if not spread.empty:
-            columns[f"{name} %"] = spread.set_index("label")["range"]
-    return pd.DataFrame(columns)
+        out[f"{name} %"] = spread["range"].where(spread["seeds"] >= 2)[several].to_numpy()
+    return out.set_index("label") if len(out) else pd.DataFrame()

@@ -79,3 +79,13 @@ def test_runs_differing_in_their_default_boxes_are_not_seeds_of_one_setting():
     spread = seed_spread(rows)
     assert len(spread) == 2 and list(spread["seeds"]) == [1, 1]
     assert np.isnan(spread["bootstrap_half_width"]).all()  # no intervals in these rows
+
+
+def test_each_bin_has_its_spread_per_setting_with_several_seeds():
+    from ssdstudy.results import bin_seed_spread
+
+    table = bin_seed_spread(SEEDS.assign(**{"bin 5-10": np.nan}))
+    assert list(table.index) == ["mobilenet_v1 x1 all", "mobilenet_v1 x1 none"]  # x0.25 has one seed
+    assert list(table.columns) == ["0-5 %"]  # no test images in 5-10 %
+    assert table["0-5 %"].iloc[0] == pytest.approx(0.06) and table["0-5 %"].iloc[1] == pytest.approx(0.0)
+    assert bin_seed_spread(SEEDS.iloc[:0]).empty
