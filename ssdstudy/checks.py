@@ -28,13 +28,16 @@ largest spread stands in for settings trained once); where no setting was traine
 several seeds it says that the spread between seeds was not measured.
 
 A comparison of a model that has not learned (VOC07 mAP below :data:`MAP_FLOOR`, on the
-whole test set or in the bin compared) is no test: :func:`not_learned`.
+whole test set or in the bin compared) is no test: :func:`not_learned`; nor is one of a
+run that restarted (its training loss jumped above every earlier epoch's, see
+:func:`ssdstudy.results.loss_jumps`): :func:`restarted`. Smaller jumps are named in the
+check's detail (:func:`jump_note`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -56,10 +59,12 @@ __all__ = [
     "busy_reason",
     "column_mean",
     "contrast_check",
+    "jump_note",
     "map_check",
     "map_contrast",
     "missing",
     "not_learned",
+    "restarted",
     "number",
     "row_extreme",
     "row_mean",
@@ -235,12 +240,45 @@ def contrast_check(text: str, terms: Sequence[tuple[float, pd.DataFrame]], detai
     values = [column_mean(rows, "voc07_map") for _, rows in terms]
     if any(v is None for v in values):
         return missing(text)
-    gate = not_learned(text, values)
+    gate = not_learned(text, values) or restarted(text, [rows for _, rows in terms])
     if gate is not None:
         return gate
     value = sum(coef * v for (coef, _), v in zip(terms, values, strict=True))
     band = seed_band(seeds, [rows for _, rows in terms], scale=sum(abs(c) for c, _ in terms) / 2)
-    return settle(text, value > 0, detail, map_contrast(terms), value=value, seeds=seeds, band=band)
+    check = settle(text, value > 0, detail, map_contrast(terms), value=value, seeds=seeds, band=band)
+    jumps = jump_note([rows for _, rows in terms])
+    return replace(check, detail=f"{check.detail}; {jumps}") if jumps else check
+
+
+def restarted(text: str, frames: Sequence[pd.DataFrame]) -> Check | None:
+    """The cannot-test check when a compared run restarted: its training loss jumped
+    above every earlier epoch's (column ``restarted_at``), so it trained on fewer epochs
+    than its setting plans and its mAP measures the jump as much as the setting."""
+    for frame in frames:
+        if frame is None or frame.empty or "restarted_at" not in frame.columns:
+            continue
+        for _, run in frame.iterrows():
+            epoch = number(run["restarted_at"])
+            if epoch is not None:
+                name = run.get("label") or run.get("run_id") or "a run"
+                return Check(text, None, f"{name} restarted: its training loss jumped at epoch {epoch:.0f} above "
+                                         "every earlier epoch's, undoing all its training before")
+    return None
+
+
+def jump_note(frames: Sequence[pd.DataFrame]) -> str:
+    """Which of the compared runs had their training loss jump (column ``loss_jumps``,
+    :func:`ssdstudy.results.loss_jumps`), and where: a jump undoes epochs of training,
+    so such a run's mAP may understate its setting. Empty when none did."""
+    parts = []
+    for frame in frames:
+        if frame is None or frame.empty or "loss_jumps" not in frame.columns:
+            continue
+        for _, run in frame.iterrows():
+            if isinstance(run["loss_jumps"], str) and run["loss_jumps"]:
+                name = run.get("label") or run.get("run_id") or "a run"
+                parts.append(f"{name}: {run['loss_jumps']}")
+    return ("training loss jumped in " + "; ".join(dict.fromkeys(parts))) if parts else ""
 
 
 #: Timings a busy machine spoils (training speed is measured apart, over whole epochs).

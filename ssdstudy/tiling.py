@@ -6,7 +6,8 @@ and its mAP in each of the two smallest size bins, each difference with the 95 %
 interval of a paired bootstrap of the test images; and its count of default boxes and
 its prediction time (what more boxes cost in decoding and NMS). A difference whose
 interval holds 0 is too close to call; a run below the mAP floor did not learn and
-cannot be compared (:data:`ssdstudy.checks.MAP_FLOOR`). Each interval is a 95 % interval
+cannot be compared (:data:`ssdstudy.checks.MAP_FLOOR`), nor can a run that restarted
+(its training loss jumped above every earlier epoch's: :func:`ssdstudy.checks.restarted`). Each interval is a 95 % interval
 of its own comparison, with no correction for the nine made (three runs, three
 measures): one of them may leave out 0 by chance.
 
@@ -48,9 +49,12 @@ def default_boxes(run_dir: str | Path) -> int:
     return build_from_config(config.model, num_classes=2).num_priors
 
 
-def _verdict(diff: MapDifference, learned: bool, seeds: SeedNoise | None = None, band: Band | None = None) -> str:
+def _verdict(diff: MapDifference, learned: bool, seeds: SeedNoise | None = None, band: Band | None = None,
+             restart: str = "") -> str:
     if not learned:
         return "cannot test: a run did not learn"
+    if restart:
+        return f"cannot test: {restart}"
     if not diff.settled:
         return "too close to call"
     if band is not None and abs(diff.difference) < band.width:
@@ -64,7 +68,7 @@ def tiling_table(df: pd.DataFrame, *, resamples: int = 1000, seeds: SeedNoise | 
     """One row per run of ``df`` (the tiling experiment's frame): its boxes, mAP, the
     differences to the run with the backbone's own boxes, and prediction time; with
     ``seeds``, a difference within the spread between seeds is too close to call."""
-    from ssdstudy.checks import MAP_FLOOR
+    from ssdstudy.checks import MAP_FLOOR, restarted
 
     own = df[df["tiling"] == "own"]
     if own.empty or df.empty:
@@ -73,23 +77,26 @@ def tiling_table(df: pd.DataFrame, *, resamples: int = 1000, seeds: SeedNoise | 
     pair = [own.iloc[:1]]  # the own boxes' setting: the spread between seeds of its runs
     base_outcomes = Outcomes.load(Path(base["run_dir"]) / "outcomes.npz")
     rows = []
-    for _, r in df.iterrows():
+    for index, r in df.iterrows():
         row = {
             "default boxes": r["tiling"],
             "boxes": default_boxes(r["run_dir"]),
             "mAP": r["voc07_map"],
             "prediction ms": r.get("prediction_ms", np.nan),
             "prediction ms IQR": r.get("prediction_ms_iqr", np.nan),
+            "training loss jumps": r.get("loss_jumps", "") or "none",
         }
         for name in SMALL_BINS:
             row[f"mAP {name} %"] = r.get(f"bin {name}", np.nan)
         if r["run_id"] != base["run_id"]:
             outcomes = Outcomes.load(Path(r["run_dir"]) / "outcomes.npz")
             learned = min(r["voc07_map"], base["voc07_map"]) >= MAP_FLOOR
+            gate = restarted("", [df.loc[[index]], own.iloc[:1]])
+            restart = gate.detail if gate is not None else ""
             diff = paired_difference(outcomes, base_outcomes, resamples=resamples)
             row["vs own: mAP"] = f"{diff.difference:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
             band = seeds.band(pair) if seeds is not None else None
-            row["vs own: verdict"] = _verdict(diff, learned, seeds, band)
+            row["vs own: verdict"] = _verdict(diff, learned, seeds, band, restart)
             for name in SMALL_BINS:
                 values = np.array([r.get(f"bin {name}", np.nan), base.get(f"bin {name}", np.nan)], dtype=float)
                 if np.isnan(values).any():  # a bin's mAP is a number wherever it has test images
@@ -101,7 +108,7 @@ def tiling_table(df: pd.DataFrame, *, resamples: int = 1000, seeds: SeedNoise | 
                 bin_learned = bool(np.all(values >= MAP_FLOOR))
                 row[f"vs own: {name} %"] = f"{small.difference:+.3f} [{small.low:+.3f}, {small.high:+.3f}]"
                 bin_band = seeds.band(pair, [f"bin {name}"]) if seeds is not None else None
-                row[f"vs own: {name} % verdict"] = _verdict(small, bin_learned, seeds, bin_band)
+                row[f"vs own: {name} % verdict"] = _verdict(small, bin_learned, seeds, bin_band, restart)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -138,6 +145,8 @@ def findings(table: pd.DataFrame) -> str:
                 gains.append(f"{r['default boxes']} ({name} %)")
         parts.append(_time_text(r["prediction ms"], r["prediction ms IQR"], base["prediction ms"],
                                 base["prediction ms IQR"]))
+        if r.get("training loss jumps", "none") != "none":
+            parts.append(f"its training loss jumped ({r['training loss jumps']})")
         more = r["boxes"] / base["boxes"] - 1
         lines.append(f"- **{r['default boxes']}** ({r['boxes']:,} boxes, {more:+.0%}): " + "; ".join(parts) + ".")
     lines.append("")

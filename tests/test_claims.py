@@ -362,3 +362,19 @@ def test_assess_all_reads_the_seeds_experiment():
     verdict = claims.assess_all({"backbone": backbone, "seeds": seeds})[0]
     assert verdict.checks[0].outcome == "too close to call" and verdict.status == "too close to call"
     assert claims.assess_all({"backbone": backbone})[0].status == "supported"
+
+
+def test_a_run_that_restarted_cannot_be_compared():
+    df = frame(row("vgg16", mAP=0.70, ms=100, loss_jumps="", restarted_at=np.nan),
+               row("mobilenet_v1", mAP=0.40, ms=20, label="MobileNetV1 baseline",
+                   loss_jumps="epoch 23: 4.68 to 11.69, undoing every earlier epoch", restarted_at=23))
+    check = claims.claim_backbone(df).checks[0]
+    assert check.outcome == "cannot test"
+    assert check.detail == ("MobileNetV1 baseline restarted: its training loss jumped at epoch 23 above every "
+                            "earlier epoch's, undoing all its training before")
+    # a jump that undid some epochs only is named beside the verdict, which stands
+    df.loc[1, ["loss_jumps", "restarted_at"]] = ["epoch 9: 5.17 to 7.66, undoing epochs 2-8", np.nan]
+    check = claims.claim_backbone(df).checks[0]
+    assert check.outcome == "holds"
+    assert check.detail.endswith("; training loss jumped in MobileNetV1 baseline: epoch 9: 5.17 to 7.66, "
+                                 "undoing epochs 2-8")

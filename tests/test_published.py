@@ -53,7 +53,7 @@ def test_check_command_says_which_curves_still_rose(capsys):
 
     from ssdstudy.checks import MAP_FLOOR
     from ssdstudy.cli import main
-    from ssdstudy.results import FLAT_GAIN, curve_end
+    from ssdstudy.results import FLAT_GAIN, curve_end, jump_text, loss_jumps
 
     assert main(["study", "check", "--profile", "default"]) == 0
     out = capsys.readouterr().out
@@ -67,6 +67,8 @@ def test_check_command_says_which_curves_still_rose(capsys):
         elif end["curve_flat"] is not None:
             assert ("flat at its end" if end["curve_flat"] else "still rising") in line
             assert f"last step {end['val_last_gain']:+.3f}, limit {FLAT_GAIN:g}" in line
+        jumps = jump_text(loss_jumps(pd.read_csv(run_dir / "history.csv")))
+        assert (f"; training loss jumped at {jumps}" in line) if jumps else ("jumped" not in line)
     assert f"{len(PUBLISHED)} of {len(make_plan('default').runs)} runs of the default plan published and sound" in out
 
 
@@ -80,3 +82,16 @@ def test_the_end_of_a_validation_curve():
     flat = pd.DataFrame({"epoch": [1, 2, 3], "val_voc07_map": [0.70, 0.721, 0.720]})
     assert curve_end(flat)["curve_flat"] is True
     assert curve_end(pd.DataFrame({"epoch": [1], "val_voc07_map": [0.1]}))["curve_flat"] is None
+
+
+def test_loss_jumps_name_the_epochs_they_undid():
+    import pandas as pd
+
+    from ssdstudy.results import jump_text, loss_jumps
+
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4, 5, 6], "loss": [8.6, 6.5, 4.0, 7.7, 5.0, 11.0]})
+    jumps = loss_jumps(history)
+    assert [(j["epoch"], j["back_to"]) for j in jumps] == [(4, 1), (6, 0)]
+    assert jump_text(jumps) == ("epoch 4: 4.00 to 7.70, undoing epochs 2-3; "
+                                "epoch 6: 5.00 to 11.00, undoing every earlier epoch")
+    assert loss_jumps(pd.DataFrame({"epoch": [1, 2, 3], "loss": [8.0, 6.0, 6.5]})) == []  # +8 %: no jump

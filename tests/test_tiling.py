@@ -63,3 +63,15 @@ def test_the_findings_name_each_change_and_its_gain_on_small_objects(runs):
     close = tiling.tiling_table(runs, resamples=200, seeds=seeds_of(runs.iloc[0], 1.0))
     assert "None of the changes computed so far settles a gain" in tiling.findings(close)
     assert tiling.findings(close[close["default boxes"] != "own"]) == ""
+
+
+def test_a_restarted_run_cannot_be_compared(runs):
+    runs = runs.assign(loss_jumps=["", "epoch 23: 4.68 to 11.69, undoing every earlier epoch"],
+                       restarted_at=[float("nan"), 23.0], label=["own", "small scales"])
+    table = tiling.tiling_table(runs, resamples=200).set_index("default boxes")
+    change = table.loc["scales 0.1-0.9"]
+    assert change["vs own: verdict"].startswith("cannot test: small scales restarted: its training loss jumped at "
+                                                "epoch 23")
+    assert change["vs own: 0-5 % verdict"] == change["vs own: verdict"]
+    assert change["training loss jumps"] == "epoch 23: 4.68 to 11.69, undoing every earlier epoch"
+    assert table.loc["own", "training loss jumps"] == "none"

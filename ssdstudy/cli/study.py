@@ -99,18 +99,19 @@ def check(args: argparse.Namespace) -> int:
 
     from ssdstudy.checks import MAP_FLOOR
     from ssdstudy.published import check_published
-    from ssdstudy.results import FLAT_GAIN, curve_end
+    from ssdstudy.results import FLAT_GAIN, LOSS_JUMP, curve_end, jump_text, loss_jumps
     from ssdstudy.study import make_plan
 
     problems = check_published(args.profile)
     plan = make_plan(args.profile)
     longest = max((cfg.train.epochs for cfg in plan.runs.values()), default=0)
-    rising, short, unlearned = [], [], []
+    rising, short, unlearned, jumped = [], [], [], []
     for run_id, found in problems.items():
         curve = ""
         history = plan.paths(run_id).history
         if not found and history.is_file():  # a run with problems is reported by them alone
-            end = curve_end(pd.read_csv(history))
+            frame = pd.read_csv(history)
+            end = curve_end(frame)
             if end["val_map"] < MAP_FLOOR:  # a flat end below the floor is not convergence
                 curve = (f"; did not learn: validation VOC07 mAP {end['val_map']:.3f} at its end, "
                          f"below the floor of {MAP_FLOOR:g}")
@@ -121,6 +122,10 @@ def check(args: argparse.Namespace) -> int:
                 if not end["curve_flat"]:
                     cfg = plan.runs.get(run_id)
                     (short if cfg is not None and cfg.train.epochs < longest else rising).append(run_id)
+            jumps = loss_jumps(frame)
+            if jumps:
+                curve += f"; training loss jumped at {jump_text(jumps)}"
+                jumped.append(run_id)
         print(f"{run_id}: {'ok' if not found else '; '.join(found)}{curve}")
     missing = plan.missing()
     print(f"{sum(not p for p in problems.values())} of {len(plan.runs)} runs of the {args.profile} plan "
@@ -131,6 +136,9 @@ def check(args: argparse.Namespace) -> int:
     if short:
         print(f"{len(short)} runs of a short protocol (fewer epochs than the plan's {longest}, as mining's) "
               f"still rose when they stopped, by design: {', '.join(short)}")
+    if jumped:
+        print(f"{len(jumped)} published runs had their mean training loss jump by more than {LOSS_JUMP:g}x from one "
+              f"epoch to the next (an unstable recipe; the chapters name them): {', '.join(jumped)}")
     if unlearned:
         print(f"{len(unlearned)} published runs did not learn (below the mAP floor; the claims cannot test "
               f"with them): {', '.join(unlearned)}")
