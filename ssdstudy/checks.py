@@ -240,7 +240,7 @@ def contrast_check(text: str, terms: Sequence[tuple[float, pd.DataFrame]], detai
     values = [column_mean(rows, "voc07_map") for _, rows in terms]
     if any(v is None for v in values):
         return missing(text)
-    gate = not_learned(text, values) or restarted(text, [rows for _, rows in terms])
+    gate = restarted(text, [rows for _, rows in terms]) or not_learned(text, values)  # the cause first
     if gate is not None:
         return gate
     value = sum(coef * v for (coef, _), v in zip(terms, values, strict=True))

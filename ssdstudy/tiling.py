@@ -51,10 +51,10 @@ def default_boxes(run_dir: str | Path) -> int:
 
 def _verdict(diff: MapDifference, learned: bool, seeds: SeedNoise | None = None, band: Band | None = None,
              restart: str = "") -> str:
+    if restart:  # the cause, where a restarted run also fell below the floor
+        return f"cannot test: {restart}"
     if not learned:
         return "cannot test: a run did not learn"
-    if restart:
-        return f"cannot test: {restart}"
     if not diff.settled:
         return "too close to call"
     if band is not None and abs(diff.difference) < band.width:

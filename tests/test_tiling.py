@@ -75,3 +75,7 @@ def test_a_restarted_run_cannot_be_compared(runs):
     assert change["vs own: 0-5 % verdict"] == change["vs own: verdict"]
     assert change["training loss jumps"] == "epoch 23: 4.68 to 11.69, undoing every earlier epoch"
     assert table.loc["own", "training loss jumps"] == "none"
+    # a restart is named as the cause even where the restarted run fell below the floor
+    low = runs.assign(**{"bin 0-5": [0.5, 0.02]})
+    verdict = tiling.tiling_table(low, resamples=100).set_index("default boxes").loc["scales 0.1-0.9"]
+    assert verdict["vs own: 0-5 % verdict"].startswith("cannot test: small scales restarted")
