@@ -196,6 +196,7 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
     metrics = _read_json(paths.metrics)
     timing = _read_json(paths.timing)
     history = pd.read_csv(paths.history)
+    jumps = loss_jumps(history)
     cpu = timing.get("cpu") or next(iter(timing.values()), {})
     row: dict[str, Any] = {
         "run_id": paths.root.name,
@@ -228,9 +229,9 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
                               if len(history) > 1 else float("nan")),
         "images_per_s": float(history["images_per_s"].median()) if len(history) else float("nan"),
         **curve_end(history),
-        "loss_jumps": jump_text(loss_jumps(history)),
+        "loss_jumps": jump_text(jumps),
         # a jump that undid every earlier epoch: the run trained again from that epoch on
-        "restarted_at": max((j["epoch"] for j in loss_jumps(history) if not j["back_to"]), default=np.nan),
+        "restarted_at": max((j["epoch"] for j in jumps if not j["back_to"]), default=np.nan),
         "peak_memory_mb": _nan(cpu.get("peak_memory_mb")),
         "device_name": cpu.get("device_name", ""),
     }
