@@ -166,6 +166,11 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=lambda: [80, 100])
     gamma: float = 0.1
     warmup_epochs: float = 0.0
+    #: Clip a step's total gradient norm to this many times the median norm of the
+    #: previous ``OUTLIER_WINDOW`` steps (null: never clip). Only outlier steps are
+    #: touched: under AdamW at 3e-3 from scratch single steps with norms of several
+    #: hundred times the median undid epochs of training (benchmarks/stability.py).
+    clip_outliers: float | None = None
     seed: int = 0
     #: Validation-split mAP every N epochs (0: only after the last epoch); needs
     #: ``data.val_images``. Without a validation split no curve is scored.
@@ -180,6 +185,8 @@ class TrainConfig:
                 raise ConfigError(f"{where}: train.{name} must be at least 1")
         if self.lr <= 0:
             raise ConfigError(f"{where}: train.lr must be positive")
+        if self.clip_outliers is not None and self.clip_outliers <= 1:
+            raise ConfigError(f"{where}: train.clip_outliers must be more than 1 (or null), got {self.clip_outliers}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{where}: train.threads must be at least 1 (or null), got {self.threads}")
         for name in ("workers", "eval_every", "warmup_epochs", "weight_decay", "momentum"):
@@ -267,7 +274,7 @@ class RunConfig:
 _NOT_IDENTITY = {("train", "workers"), ("train", "device"), ("train", "threads"), ("timing",)}
 #: Fields added after runs were published, left out of the run id at their default, so
 #: that a run that does not use them keeps its id.
-_ADDED = {("model", "priors"): None, ("model", "stride8_map"): False}
+_ADDED = {("model", "priors"): None, ("model", "stride8_map"): False, ("train", "clip_outliers"): None}
 
 
 def run_id(config: RunConfig) -> str:

@@ -64,7 +64,61 @@ def flush_denormals() -> bool:
 
 HISTORY_FIELDS = (
     "epoch", "loss", "loc_loss", "cls_loss", "lr", "epoch_seconds", "images_per_s", "val_voc07_map",
+    "grad_norm_median", "grad_norm_max", "clipped_steps",
 )
+
+#: Steps whose median gradient norm bounds the next step's under ``train.clip_outliers``.
+OUTLIER_WINDOW = 50
+
+
+class GradientNorms:
+    """Each optimiser step's total gradient norm (2-norm over all parameters) and, with
+    ``outliers`` set, the clipping of an outlier step: a step whose norm exceeds
+    ``outliers`` times the median of the previous :data:`OUTLIER_WINDOW` steps' norms is
+    scaled down to that bound; every other step is left as it is (so a run clipped this
+    way is the unclipped run until its first outlier). The bound follows the scale of
+    each backbone's gradients, which a fixed ``max_norm`` would not (AutoClip, Seetharaman
+    et al. 2020, bounds by a percentile of the norms seen so far for the same reason).
+
+    The norms of the window are part of the checkpoint, so a resumed run clips as the
+    uninterrupted one does."""
+
+    def __init__(self, params: list[torch.nn.Parameter], outliers: float | None):
+        self.params = [p for p in params if p.requires_grad]
+        self.outliers = outliers
+        self.recent: list[float] = []  # the last OUTLIER_WINDOW norms, before clipping
+        self.epoch_norms: list[float] = []
+        self.epoch_clipped = 0
+        self.measured: list[float] = []  # every norm this object measured, in order
+        self.clipped: list[int] = []  # the indices in ``measured`` of the clipped steps
+
+    def bound(self) -> float | None:
+        """The norm above which the next step is clipped (None: no bound yet)."""
+        if not self.outliers or len(self.recent) < OUTLIER_WINDOW:
+            return None
+        return self.outliers * float(np.median(self.recent))
+
+    def __call__(self) -> float:
+        """Measure (and clip, if an outlier) the gradients now held; returns the norm before clipping."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        value = float(norm)
+        bound = self.bound()
+        if bound is not None and value > bound:
+            torch.nn.utils.clip_grads_with_norm_(self.params, bound, norm)
+            self.epoch_clipped += 1
+            self.clipped.append(len(self.measured))
+        self.recent = [*self.recent, value][-OUTLIER_WINDOW:]
+        self.epoch_norms.append(value)
+        self.measured.append(value)
+        return value
+
+    def end_epoch(self) -> tuple[float, float, int]:
+        """The epoch's median and largest norm and its clipped steps; starts the next epoch."""
+        norms = self.epoch_norms or [float("nan")]
+        out = float(np.median(norms)), float(np.max(norms)), self.epoch_clipped
+        self.epoch_norms, self.epoch_clipped = [], 0
+        return out
 
 
 def seed_everything(seed: int) -> None:
@@ -114,6 +168,9 @@ class EpochStats:
     epoch_seconds: float
     images_per_s: float
     val_voc07_map: float | None = None
+    grad_norm_median: float | None = None
+    grad_norm_max: float | None = None
+    clipped_steps: int = 0
 
 
 class Trainer:
@@ -159,6 +216,7 @@ class Trainer:
             self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch)
         )
         self.criterion = MultiBoxLoss(neg_pos_ratio=config.loss.neg_pos_ratio)
+        self.norms = GradientNorms(list(self.model.parameters()), t.clip_outliers)
         self.epoch = 0  # epochs finished
         self.compute_code = provenance.compute_code(backbone=config.model.backbone)
 
@@ -170,6 +228,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "grad_norms": list(self.norms.recent),
             "config": self.config.to_dict(),
             "run_id": self.config.run_id,
             "compute_code": self.compute_code,
@@ -207,6 +266,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.norms.recent = [float(v) for v in state.get("grad_norms", [])]
         self.epoch = int(state["epoch"])
         if distributed.is_main():
             _truncate_history(self.paths.history, self.epoch)
@@ -271,6 +331,7 @@ class Trainer:
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}: lower train.lr")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.norms()
             self.optimizer.step()
             self.scheduler.step()
             n = images.shape[0]
@@ -284,10 +345,12 @@ class Trainer:
         seconds = time.perf_counter() - start
         sums, n_images = distributed.sum_over_processes(sums, n_images, self.device)  # the global batches'
         mean = sums / max(n_images, 1)
+        norm_median, norm_max, clipped = self.norms.end_epoch()
         return EpochStats(
             epoch=epoch + 1, loss=float(mean[0]), loc_loss=float(mean[1]), cls_loss=float(mean[2]),
             lr=float(self.optimizer.param_groups[0]["lr"]), epoch_seconds=seconds,
             images_per_s=n_images / seconds if seconds > 0 else float("nan"),
+            grad_norm_median=norm_median, grad_norm_max=norm_max, clipped_steps=clipped,
         )
 
     def throughput(self, steps: int = 5, warmup: int = 1) -> float:

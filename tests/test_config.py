@@ -206,3 +206,12 @@ def test_tiling_fields_are_checked_and_leave_other_run_ids_alone():
         build_config(("run.yaml", {"model": {"priors": {"min_scale": 0.9, "max_scale": 0.5}}}))
     with pytest.raises(ConfigError, match="run.yaml: model.priors.aspect_ratios"):
         build_config(("run.yaml", {"model": {"priors": {"aspect_ratios": [0.5]}}}))
+
+
+def test_outlier_clipping_is_checked_and_leaves_other_run_ids_alone():
+    plain = build_config(("run.yaml", {}))
+    assert build_config(("run.yaml", {"train": {"clip_outliers": None}})).run_id == plain.run_id
+    clipped = build_config(("run.yaml", {"train": {"clip_outliers": 20}}))
+    assert clipped.run_id != plain.run_id and clipped.train.clip_outliers == 20.0
+    with pytest.raises(ConfigError, match="run.yaml: train.clip_outliers must be more than 1"):
+        build_config(("run.yaml", {"train": {"clip_outliers": 0.5}}))

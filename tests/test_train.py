@@ -11,7 +11,8 @@ from ssdstudy.config import load_run_config
 from ssdstudy.loss import MultiBoxLoss
 from ssdstudy.model import build_model
 from ssdstudy.runs import RunPaths
-from ssdstudy.train import Trainer, lr_factor
+from ssdstudy import train
+from ssdstudy.train import GradientNorms, Trainer, lr_factor
 
 
 def test_one_batch_overfit_drives_the_loss_below_a_tenth(tiny_synth):
@@ -43,8 +44,13 @@ def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_equals_an_uninterrupted_run(tiny_run_yaml, tmp_path, monkeypatch):
+@pytest.mark.parametrize("clip", [None, 1.05])
+def test_resume_equals_an_uninterrupted_run(clip, tiny_run_yaml, tmp_path, monkeypatch):
+    """Also with outlier clipping (a window of 2 steps, so that the tiny run clips): the
+    window's norms are in the checkpoint and the resumed run clips the same steps."""
     config = load_run_config(tiny_run_yaml)
+    config.train.clip_outliers = clip
+    monkeypatch.setattr(train, "OUTLIER_WINDOW", 2)
     straight = Trainer(config, RunPaths(tmp_path / "straight"), progress=False)
     straight.fit(resume=False)
 
@@ -71,6 +77,8 @@ def test_resume_equals_an_uninterrupted_run(tiny_run_yaml, tmp_path, monkeypatch
     straight_history = pd.read_csv(tmp_path / "straight" / "history.csv")
     assert list(history["epoch"]) == [1, 2]
     assert history["loss"].tolist() == pytest.approx(straight_history["loss"].tolist(), rel=1e-6)
+    assert history["clipped_steps"].tolist() == straight_history["clipped_steps"].tolist()
+    assert (straight_history["clipped_steps"].sum() > 0) == (clip is not None)
 
 
 def test_same_seed_same_run_other_seed_other_run(tiny_run_yaml, tmp_path):
@@ -221,3 +229,50 @@ def test_a_history_row_without_a_checkpoint_is_dropped_on_resume(tiny_run_yaml, 
     (tmp_path / "run" / "checkpoint.pt").unlink()
     Trainer(config, RunPaths(tmp_path / "run"), progress=False).fit(resume=True)
     assert list(pd.read_csv(tmp_path / "run" / "history.csv")["epoch"]) == [1]
+
+
+def _grads(norm: float) -> list[torch.nn.Parameter]:
+    """Two parameters whose gradients have the total 2-norm ``norm``."""
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
+    params[0].grad = torch.tensor([3.0, 0.0, 0.0]) * norm / 5
+    params[1].grad = torch.tensor([0.0, 4.0, 0.0, 0.0]) * norm / 5
+    return params
+
+
+def test_outlier_clipping_scales_only_steps_far_above_the_recent_median(monkeypatch):
+    monkeypatch.setattr(train, "OUTLIER_WINDOW", 4)
+    params = _grads(1.0)
+    norms = GradientNorms(params, outliers=10.0)
+
+    def step(norm: float) -> float:
+        for p, g in zip(params, _grads(norm)):
+            p.grad = g.grad
+        measured = norms()
+        after = torch.nn.utils.get_total_norm([p.grad for p in params]).item()
+        assert measured == pytest.approx(norm)
+        return after
+
+    # no bound before a full window, however large the norm
+    assert step(100.0) == pytest.approx(100.0)
+    for n in (1.0, 2.0, 3.0):
+        assert step(n) == pytest.approx(n)
+    # window (100, 1, 2, 3): median 2.5, bound 25
+    assert step(24.0) == pytest.approx(24.0)
+    # window (1, 2, 3, 24): median 2.5 -> 30 is clipped to 25, its direction kept
+    assert step(30.0) == pytest.approx(25.0)
+    assert params[0].grad[0] / params[1].grad[1] == pytest.approx(0.75)
+    # the window holds the last norms as measured, before clipping
+    assert norms.recent == [2.0, 3.0, 24.0, 30.0]
+    assert norms.clipped == [5]
+    median, largest, clipped = norms.end_epoch()
+    assert (median, largest, clipped) == (13.5, 100.0, 1)  # the epoch's six norms
+    assert norms.end_epoch()[2] == 0  # a new epoch counts afresh
+
+    unclipped = GradientNorms(params, outliers=None)
+    for _ in range(5):
+        unclipped()
+    for p, g in zip(params, _grads(1e6)):
+        p.grad = g.grad
+    unclipped()
+    assert torch.nn.utils.get_total_norm([p.grad for p in params]).item() == pytest.approx(1e6)
+    assert unclipped.clipped == []
