@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ssdstudy.config import ConfigError
+from ssdstudy.evaluate.bootstrap import Outcomes
 from ssdstudy.study import Study, make_plan, run_study
 from ssdstudy.workspace import PROJECT
 
@@ -386,8 +387,9 @@ def test_two_concurrent_studies_of_an_installed_package(smoke_study, installed_p
     """Two `ssdstudy study run --profile smoke` at once in one project folder, with the
     package installed non-editable and run from the project's root: the second waits for
     the first and says so; every run is trained once, its history holds each epoch once,
-    its metrics are those of a study alone, and the results are in the project's
-    results/. The whole smoke profile: every experiment's runs and chapters."""
+    its loss is that of a study alone, its metrics are its own outcomes', and the results
+    are in the project's results/. The whole smoke profile: every experiment's runs and
+    chapters."""
     root = book_sources(tmp_path)
     shutil.copytree(PROJECT / "parameters", root / "parameters")
     env = {k: v for k, v in os.environ.items() if k not in ("SSDSTUDY_ROOT", "PYTHONPATH")}
@@ -416,8 +418,18 @@ def test_two_concurrent_studies_of_an_installed_package(smoke_study, installed_p
         history = (runs / run_id / "history.csv").read_text().splitlines()
         epochs = [line.split(",")[0] for line in history[1:]]
         assert epochs == [str(e + 1) for e in range(plan.runs[run_id].train.epochs)], run_id
-        alone = json.loads(smoke_study.plan.paths(run_id).metrics.read_text())
-        assert json.loads((runs / run_id / "metrics.json").read_text())["voc07_map"] == alone["voc07_map"]
+        # the same seed, threads and code as the study alone, yet not compared to the bit:
+        # in CI one run of the 29 (20c158e610ce) once scored a VOC07 mAP of 0.000326 here
+        # against 0.000311 alone, never seen again on this project's machines (the test
+        # passed; the run trained 7 times in separate processes: identical with 2, 3, 4 and 8
+        # threads, 0.000323 with 1). Its models have not learned, so a last-digit change of a
+        # score reorders their detections. The loss, as in the Dask test: training a run
+        # twice or resuming it from another's checkpoint moves it far more than rounding.
+        alone = smoke_study.plan.paths(run_id).history.read_text().splitlines()
+        assert float(history[1].split(",")[1]) == pytest.approx(float(alone[1].split(",")[1]), rel=1e-2), run_id
+        metrics = json.loads((runs / run_id / "metrics.json").read_text())
+        assert metrics["voc07_map"] == pytest.approx(Outcomes.load(runs / run_id / "outcomes.npz").voc07_map()[0],
+                                                     abs=1e-12), run_id
 
 
 @pytest.mark.slow
