@@ -190,6 +190,19 @@ def jump_text(jumps: list[dict[str, float]]) -> str:
     return "; ".join(parts)
 
 
+def clipped_text(history: pd.DataFrame) -> str:
+    """``"2 outlier steps clipped (epochs 9, 23)"`` (``train.clip_outliers``), or "" when
+    none was or the history predates the count."""
+    if "clipped_steps" not in history:
+        return ""
+    counts = history["clipped_steps"].fillna(0).astype(int)
+    total = int(counts.sum())
+    if not total:
+        return ""
+    epochs = ", ".join(str(int(e)) for e in history.loc[counts > 0, "epoch"])
+    return f"{total} outlier step{'s' if total > 1 else ''} clipped (epoch{'s' if (counts > 0).sum() > 1 else ''} {epochs})"
+
+
 def run_row(paths: RunPaths) -> dict[str, Any]:
     """The table row of one finished run."""
     config = yaml.safe_load(paths.config.read_text())

@@ -53,7 +53,7 @@ def test_check_command_says_which_curves_still_rose(capsys):
 
     from ssdstudy.checks import MAP_FLOOR
     from ssdstudy.cli import main
-    from ssdstudy.results import FLAT_GAIN, curve_end, jump_text, loss_jumps
+    from ssdstudy.results import FLAT_GAIN, clipped_text, curve_end, jump_text, loss_jumps
 
     assert main(["study", "check", "--profile", "default"]) == 0
     out = capsys.readouterr().out
@@ -69,6 +69,8 @@ def test_check_command_says_which_curves_still_rose(capsys):
             assert f"last step {end['val_last_gain']:+.3f}, limit {FLAT_GAIN:g}" in line
         jumps = jump_text(loss_jumps(pd.read_csv(run_dir / "history.csv")))
         assert (f"; training loss jumped at {jumps}" in line) if jumps else ("jumped" not in line)
+        clipped = clipped_text(pd.read_csv(run_dir / "history.csv"))
+        assert (f"; {clipped}" in line) if clipped else ("clipped" not in line)
     assert f"{len(PUBLISHED)} of {len(make_plan('default').runs)} runs of the default plan published and sound" in out
 
 
@@ -95,3 +97,15 @@ def test_loss_jumps_name_the_epochs_they_undid():
     assert jump_text(jumps) == ("epoch 4: 4.00 to 7.70, undoing epochs 2-3; "
                                 "epoch 6: 5.00 to 11.00, undoing every earlier epoch")
     assert loss_jumps(pd.DataFrame({"epoch": [1, 2, 3], "loss": [8.0, 6.0, 6.5]})) == []  # +8 %: no jump
+
+
+def test_clipped_steps_are_counted_with_their_epochs():
+    import pandas as pd
+
+    from ssdstudy.results import clipped_text
+
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4], "loss": [8.0, 6.0, 5.0, 4.0], "clipped_steps": [0, 2, 0, 1]})
+    assert clipped_text(history) == "3 outlier steps clipped (epochs 2, 4)"
+    assert clipped_text(history.assign(clipped_steps=[0, 0, 1, 0])) == "1 outlier step clipped (epoch 3)"
+    assert clipped_text(history.assign(clipped_steps=0)) == ""
+    assert clipped_text(history.drop(columns="clipped_steps")) == ""  # runs from before the count

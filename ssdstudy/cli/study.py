@@ -99,7 +99,7 @@ def check(args: argparse.Namespace) -> int:
 
     from ssdstudy.checks import MAP_FLOOR
     from ssdstudy.published import check_published
-    from ssdstudy.results import FLAT_GAIN, LOSS_JUMP, curve_end, jump_text, loss_jumps
+    from ssdstudy.results import FLAT_GAIN, LOSS_JUMP, clipped_text, curve_end, jump_text, loss_jumps
     from ssdstudy.study import make_plan
 
     problems = check_published(args.profile)
@@ -126,6 +126,8 @@ def check(args: argparse.Namespace) -> int:
             if jumps:
                 curve += f"; training loss jumped at {jump_text(jumps)}"
                 jumped.append(run_id)
+            if clipped_text(frame):
+                curve += f"; {clipped_text(frame)}"
         print(f"{run_id}: {'ok' if not found else '; '.join(found)}{curve}")
     missing = plan.missing()
     print(f"{sum(not p for p in problems.values())} of {len(plan.runs)} runs of the {args.profile} plan "
