@@ -48,6 +48,7 @@ from ssdstudy.results import loss_jumps, run_label
 from ssdstudy.runs import RunPaths, read_config
 from ssdstudy.train import OUTLIER_WINDOW, Trainer, flush_denormals
 
+
 def survey(runs: list[Path]) -> list[dict]:
     """Each run's recipe, loss jumps, validation curve and test mAP (see the module's text)."""
     commit = provenance.collect("cpu").get("git", {}).get("commit")

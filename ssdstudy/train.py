@@ -1,6 +1,7 @@
-"""Training: SGD with momentum, warm-up and a multi-step or cosine schedule, checkpoints
-every epoch, a per-epoch history, and resumption that reaches the same result as an
-uninterrupted run.
+"""Training: SGD with momentum or AdamW, warm-up and a multi-step or cosine schedule,
+optional clipping of outlier gradient steps (:class:`GradientNorms`), checkpoints every
+epoch, a per-epoch history (with each epoch's gradient norms), and resumption that
+reaches the same result as an uninterrupted run.
 
 Reproducibility: every epoch re-seeds the global RNGs and the data-loader generator
 from ``(seed, epoch)``, so epoch ``k`` sees the same shuffling and augmentation whether
