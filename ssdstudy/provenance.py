@@ -58,7 +58,44 @@ def _code_without_docstrings(source: str) -> str:
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+    return _dump(tree)
+
+
+#: Syntax-tree fields that later Pythons added to existing nodes (3.12: the type
+#: parameters of functions and classes), left out of :func:`_dump` while empty.
+_ADDED_FIELDS = frozenset({"type_params"})
+
+
+def _dump(node: Any) -> str:
+    """``ast.dump(node, annotate_fields=False, include_attributes=False)`` as Python 3.11
+    writes it, on any Python: the hash of the compute code must not depend on the
+    interpreter (3.12's dump adds ``type_params`` to every function and class, 3.13's
+    leaves out empty fields), or a run computed elsewhere would look computed by other
+    code. Fields a later Python added are skipped while they hold nothing, and so are the
+    empty strings of f-strings (no part of what they compute)."""
+    import ast
+
+    if isinstance(node, ast.AST):
+        args, keywords = [], False
+        for name in node._fields:
+            try:
+                value = getattr(node, name)
+            except AttributeError:
+                keywords = True
+                continue
+            if name in _ADDED_FIELDS and not value:
+                continue
+            if isinstance(node, ast.JoinedStr) and name == "values":
+                # 3.12's parser ends a nested format spec (f"{x:<{w}}") with an empty string
+                value = [v for v in value if not (isinstance(v, ast.Constant) and v.value == "")]
+            if value is None and getattr(type(node), name, ...) is None:
+                keywords = True
+                continue
+            args.append(f"{name}={_dump(value)}" if keywords else _dump(value))
+        return f"{type(node).__name__}({', '.join(args)})"
+    if isinstance(node, list):
+        return f"[{', '.join(_dump(x) for x in node)}]"
+    return repr(node)
 
 
 def backbone_files() -> dict[str, str]:

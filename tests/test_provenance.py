@@ -3,15 +3,17 @@ that a result file is never seen half written."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 import ssdstudy
 from ssdstudy.files import atomic_path, atomic_write_text
-from ssdstudy.provenance import ComputeCodes, backbone_files, compute_code
+from ssdstudy.provenance import ComputeCodes, _dump, backbone_files, compute_code
 
 
 @pytest.fixture
@@ -52,6 +54,44 @@ def test_shared_code_and_docstrings(package_copy):
     loss.write_text(text + "\nCHANGED = 1\n")
     assert compute_code(package_copy, "mobilenet_v1") != code
     assert compute_code(package_copy, "vgg16") != compute_code(package_copy, "mobilenet_v1")
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the published hashes are those of Python 3.11's dump")
+def test_the_code_is_dumped_as_python_311_dumps_it():
+    """The published runs' compute codes were made with Python 3.11's ``ast.dump``: the
+    interpreter-independent dump must give its exact text, or every published run would
+    turn stale."""
+    for path in sorted(Path(ssdstudy.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        assert _dump(tree) == ast.dump(tree, annotate_fields=False, include_attributes=False), path
+
+
+def test_what_later_pythons_add_to_the_tree_does_not_count():
+    """A run trained under Python 3.12 (a lent GPU machine's) hashed the same code to
+    another value: 3.12 gives every function a ``type_params`` field and ends a nested
+    f-string format spec with an empty string. Neither may change the hash."""
+    source = 'class A:\n    def f(self, x, w):\n        return f"{x:<{w}}"\n'
+    want = _dump(ast.parse(source))
+
+    class FunctionDef(ast.FunctionDef):  # as Python 3.12 defines it
+        _fields = ast.FunctionDef._fields + ("type_params",)
+
+    class ClassDef(ast.ClassDef):
+        _fields = ast.ClassDef._fields + ("type_params",)
+
+    tree = ast.parse(source)
+    cls = tree.body[0]
+    func = cls.body[0]
+    later_func = FunctionDef(**{name: getattr(func, name) for name in ast.FunctionDef._fields}, type_params=[])
+    later_cls = ClassDef(**{name: getattr(cls, name) for name in ast.ClassDef._fields}, type_params=[])
+    later_cls.body = [later_func]
+    tree.body = [later_cls]
+    spec = later_func.body[0].value.values[0].format_spec
+    spec.values.append(ast.Constant(""))
+    assert ast.dump(tree, annotate_fields=False) != want  # what the old hash saw
+    assert _dump(tree) == want
+    later_func.type_params = [ast.TypeVar("T")] if hasattr(ast, "TypeVar") else [ast.Name("T", ast.Load())]
+    assert _dump(tree) != want  # a type parameter is code
 
 
 def test_compute_codes_are_computed_once_per_backbone(monkeypatch):
