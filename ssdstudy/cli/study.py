@@ -33,6 +33,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--dry-run", action="store_true", help="list the plan and an estimate of its time")
     r.set_defaults(func=run)
 
+    t = actions.add_parser("train", parents=[common], help="train runs of the plan side by side, no notebooks",
+                           description="Train the given runs of the plan, AT_ONCE at a time, each in its own "
+                           "`ssdstudy train` process (one GPU is shared best by several runs), the CPUs divided "
+                           "between them; score and time each, but execute no notebook (`ssdstudy study run` "
+                           "executes them later without training). For a machine held for a limited time: "
+                           "--minutes stops the runs still going, --pack saves each finished run's files (no "
+                           "checkpoint) as soon as it finishes.")
+    t.add_argument("--runs", nargs="+", metavar="RUN_ID", required=True, help="runs of the plan, in this order")
+    t.add_argument("--at-once", type=int, default=1, metavar="N", help="runs trained at the same time (default 1)")
+    t.add_argument("--minutes", type=float, metavar="M",
+                   help="stop the runs still going after M minutes (they resume from their last epoch)")
+    t.add_argument("--pack", metavar="DIR", help="write DIR/<run id>.tar.gz of each run as it finishes "
+                   "(unpack into results/<profile>/runs/)")
+    t.add_argument("--logs", metavar="DIR", help="each run's output in DIR/<run id>.log (default: a temporary folder)")
+    t.add_argument("--loader-workers", type=int, metavar="N",
+                   help="data-loader processes per run (default: its share of the CPUs, less one)")
+    t.add_argument("--device", help="cuda, cpu or mps (default: the profile's train.device)")
+    t.set_defaults(func=train)
+
     b = actions.add_parser("book", parents=[common], help="build the book from the executed chapters")
     b.set_defaults(func=book)
 
@@ -180,6 +199,25 @@ def run(args: argparse.Namespace) -> int:
             study.run_chapters()
     print(study.report())
     return 1 if study.failures else 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ssdstudy.batch import train_runs
+
+    if args.minutes is not None and args.minutes <= 0:
+        raise UserError(f"--minutes must be positive, got {args.minutes}")
+    if args.loader_workers is not None and args.loader_workers < 0:
+        raise UserError(f"--loader-workers must be 0 or more, got {args.loader_workers}")
+    outcomes = train_runs(
+        args.profile, args.runs, at_once=args.at_once, until=None if args.minutes is None else args.minutes * 60,
+        pack=Path(args.pack) if args.pack else None, logs=Path(args.logs) if args.logs else None,
+        loader_workers=args.loader_workers, device=args.device, report=lambda line: print(line, flush=True),
+    )
+    finished = [r for r, o in outcomes.items() if o.state == "finished"]
+    print(f"{len(finished)} of {len(outcomes)} runs finished" + (f": {', '.join(finished)}" if finished else ""))
+    return 0 if len(finished) == len(outcomes) else 1
 
 
 def book(args: argparse.Namespace) -> int:
