@@ -247,6 +247,8 @@ def run_row(paths: RunPaths) -> dict[str, Any]:
         "restarted_at": max((j["epoch"] for j in jumps if not j["back_to"]), default=np.nan),
         "peak_memory_mb": _nan(cpu.get("peak_memory_mb")),
         "device_name": cpu.get("device_name", ""),
+        # where it was trained (its epoch times are that device's): a GPU's name, or the CPU's
+        "trained_on": (_read_json(paths.provenance).get("device_name", "") if paths.provenance.is_file() else ""),
     }
     bins = metrics.get("size_bins") or {}
     for name in SIZE_BIN_NAMES:

@@ -298,6 +298,20 @@ def test_a_busy_flag_leaves_training_time_checks_alone():
     assert check.outcome == "holds"
 
 
+def test_epoch_times_of_runs_trained_on_different_devices_are_not_compared():
+    """A run trained on a lent GPU and its twin trained on the study's CPUs: their epoch
+    times say which device is faster, not what augmentation costs."""
+    df = frame(row("vgg16", epoch_seconds=12, trained_on="NVIDIA H200"),
+               row("vgg16", augment="none", epoch_seconds=900, trained_on="AMD EPYC"))
+    check = next(c for c in claims.claim_augmentation(df).checks if "epoch of VGG16" in c.statement)
+    assert check.outcome == "cannot test"
+    assert "trained on different devices (AMD EPYC and NVIDIA H200)" in check.detail
+    df = frame(row("vgg16", epoch_seconds=12, trained_on="NVIDIA H200"),
+               row("vgg16", augment="none", epoch_seconds=10, trained_on="NVIDIA H200"))
+    check = next(c for c in claims.claim_augmentation(df).checks if "epoch of VGG16" in c.statement)
+    assert check.outcome == "holds"
+
+
 def test_two_machines_with_the_same_device_are_compared_apart():
     hw = frame(hw_row("cpu", "Xeon", "vgg16", 100, threads=2, machine="study machine"),
                hw_row("cpu", "Xeon", "mobilenet_v1", 20, threads=2, machine="study machine"),
