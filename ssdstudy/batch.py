@@ -34,10 +34,6 @@ from pathlib import Path
 
 from ssdstudy.errors import UserError
 
-#: Files of a run folder that are never packed: the checkpoint (large, and not published)
-#: and the lock and temporary files of a run being written.
-NOT_PACKED = ("checkpoint.pt",)
-NOT_PACKED_SUFFIXES = (".lock", ".tmp")
 
 
 @dataclass
@@ -141,11 +137,16 @@ def _stop(proc: subprocess.Popen, grace: float = 20.0) -> int | None:
 def pack_run(run_dir: Path, archive: Path) -> Path:
     """``archive`` (a .tar.gz) of the files of ``run_dir`` under ``<run id>/``, its checkpoint,
     locks and temporary files left out; written beside and moved into place."""
+    from ssdstudy.files import TMP_SUFFIX
+    from ssdstudy.runs import LOCK_NAME, RunPaths
+
+    paths = RunPaths(run_dir)
     archive.parent.mkdir(parents=True, exist_ok=True)
     partial = archive.with_name(archive.name + ".partial")
     with tarfile.open(partial, "w:gz") as tar:
         for path in sorted(run_dir.rglob("*")):
-            if path.is_file() and path.name not in NOT_PACKED and not path.name.endswith(NOT_PACKED_SUFFIXES):
+            # the checkpoint (large, never published), locks and half-written files stay out
+            if path.is_file() and path != paths.checkpoint and not path.name.endswith((LOCK_NAME, TMP_SUFFIX)):
                 tar.add(path, arcname=f"{run_dir.name}/{path.relative_to(run_dir).as_posix()}")
     os.replace(partial, archive)
     return archive

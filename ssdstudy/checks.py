@@ -310,14 +310,29 @@ def busy_check(text: str, detail: str, busy: str) -> Check:
     return Check(text, None, f"{detail}: measured on a busy machine ({busy})")
 
 
+def measured_apart(metric: str, *frames: pd.DataFrame) -> str:
+    """Why ``metric`` of ``frames`` cannot be compared: their rows were measured on
+    different devices (epoch times on the device each run was trained on, column
+    ``trained_on``; the other times on the timed device, ``device_name``), so the
+    difference would be the devices'. Empty when they can (or a frame does not say)."""
+    column, verb = ("trained_on", "trained") if metric == "epoch_seconds" else ("device_name", "timed")
+    names = sorted({str(n) for df in frames if df is not None and column in df.columns
+                    for n in df[column].dropna() if str(n)})
+    return f"{verb} on different devices ({' and '.join(names)})" if len(names) > 1 else ""
+
+
 def time_check(text: str, rows_a: pd.DataFrame, rows_b: pd.DataFrame, metric: str, detail: str) -> Check:
     """Check that ``metric`` (a time) of ``rows_a`` is larger than of ``rows_b``; too close
     to call when the medians differ by less than the mean of their interquartile ranges
-    (column ``<metric>_iqr``; without it the direction decides); cannot test when either
-    was measured on a busy machine (:func:`busy_reason`)."""
+    (column ``<metric>_iqr``; without it the direction decides); cannot test when the
+    rows were measured on different devices (:func:`measured_apart`) or either on a busy
+    machine (:func:`busy_reason`)."""
     a, b = column_mean(rows_a, metric), column_mean(rows_b, metric)
     if a is None or b is None:
         return missing(text)
+    apart = measured_apart(metric, rows_a, rows_b)
+    if apart:
+        return Check(text, None, f"{detail}, but {apart}")
     return time_outcome(text, a, b, column_mean(rows_a, f"{metric}_iqr"), column_mean(rows_b, f"{metric}_iqr"), detail,
                          busy=busy_reason(rows_a, rows_b, metric=metric))
 

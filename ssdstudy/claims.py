@@ -335,14 +335,6 @@ def _small_gain_check(name: str, on: pd.DataFrame, off: pd.DataFrame, seeds: See
                    bin_statistic([on, off], excess), value=s - o, seeds=seeds, band=band)
 
 
-def trained_apart(*groups: pd.DataFrame) -> str:
-    """Why the epoch times of ``groups`` cannot be compared: they were trained on different
-    devices (``trained_on``: a GPU's or a CPU's name); empty when they can."""
-    names = sorted({str(n) for g in groups if g is not None and "trained_on" in g.columns
-                    for n in g["trained_on"].dropna() if str(n)})
-    return f"trained on different devices ({' and '.join(names)})" if len(names) > 1 else ""
-
-
 def claim_augmentation(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verdict:
     """Claim 2 from runs with augmentation "all" and "none" (backbone experiment)."""
     checks = []
@@ -356,9 +348,7 @@ def claim_augmentation(df: pd.DataFrame, seeds: SeedNoise | None = None) -> Verd
         checks.append(_small_gain_check(name, on, off, seeds))
         a, b = column_mean(on, "epoch_seconds"), column_mean(off, "epoch_seconds")
         text = f"an epoch of {name} takes less time without augmentation"
-        machines = trained_apart(on, off)
         checks.append(missing(text) if a is None or b is None
-                      else Check(text, None, f"{b:.3g} s without, {a:.3g} s with, but {machines}") if machines
                       else time_check(text, on, off, "epoch_seconds", f"{b:.3g} s without, {a:.3g} s with"))
     return Verdict(2, tuple(checks))
 

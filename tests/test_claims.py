@@ -312,6 +312,16 @@ def test_epoch_times_of_runs_trained_on_different_devices_are_not_compared():
     assert check.outcome == "holds"
 
 
+def test_prediction_times_timed_on_different_devices_are_not_compared():
+    """A GPU-trained VGG16-BN timed on that machine's CPU against MobileNetV1 timed on the
+    study's CPU: the difference would be the CPUs'."""
+    df = frame(row("vgg16", mAP=0.7, ms=100, device_name="Intel Xeon"),
+               row("mobilenet_v1", mAP=0.6, ms=20, device_name="AMD EPYC"))
+    check = next(c for c in claims.claim_backbone(df).checks if "per prediction" in c.statement)
+    assert check.outcome == "cannot test"
+    assert "timed on different devices (AMD EPYC and Intel Xeon)" in check.detail
+
+
 def test_two_machines_with_the_same_device_are_compared_apart():
     hw = frame(hw_row("cpu", "Xeon", "vgg16", 100, threads=2, machine="study machine"),
                hw_row("cpu", "Xeon", "mobilenet_v1", 20, threads=2, machine="study machine"),
